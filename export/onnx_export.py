@@ -1,0 +1,319 @@
+"""Export the per-step cell to one self-describing ONNX file (runtime/contract.py).
+
+Exporter: torch.onnx's torch.export-based exporter (`dynamo=True`, the default since
+PyTorch 2.9; the TorchScript exporter is deprecated and announced for removal). It captures
+the cell with symbolic batch / exclude-width dimensions, folds parameter-only expressions
+(softplus(Lambda), transposed weights) into initializers and needs no custom symbolics.
+
+Every file lands atomically: the cell (and its external data, for models past the protobuf
+limit) is written into a temporary folder inside the target folder, checked, and only then
+renamed into place, so a failed export never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import numpy_helper
+from recblr.export.cell import RecBLRCell
+from recblr.runtime import contract as C
+
+from recblr import __version__
+from recblr.errors import RecblrError
+from recblr.model import RecBLR
+
+DEFAULT_OPSET = 18
+DEFAULT_TOP_K = 100
+PRECISIONS = ("fp32", "fp16")
+# Serialized protobufs cannot exceed 2 GiB; stay clear of it (metadata, graph) and move the
+# weights to `<name>.data` beyond this many initializer bytes.
+MAX_INLINE_BYTES = 1_800_000_000
+# Extra metadata (outside the contract; informative only).
+META_PRECISION = "recblr.precision"
+META_RECBLR_VERSION = "recblr.version"
+
+
+def _as_model_and_items(
+    model_or_checkpoint: Any, item_ids: Sequence[str] | None
+) -> tuple[RecBLR, list[str]]:
+    obj = model_or_checkpoint
+    if isinstance(obj, (str, os.PathLike)):
+        from recblr.checkpoint import load_checkpoint
+
+        obj = load_checkpoint(obj)
+    if isinstance(obj, RecBLR):
+        model = obj
+        items = item_ids
+    elif hasattr(obj, "model") and hasattr(obj, "item_ids"):  # a recblr Checkpoint
+        model = obj.model
+        items = item_ids if item_ids is not None else obj.item_ids
+    else:
+        raise RecblrError(
+            f"export_cell: expected a RecBLR model, a Checkpoint or a checkpoint path, "
+            f"got {type(obj).__name__}"
+        )
+    n_rows = model.cfg.n_items + 1
+    if items is None:
+        items = default_item_ids(model.cfg.n_items)
+    items = [str(x) for x in items]
+    if len(items) != n_rows:
+        raise RecblrError(
+            f"item_ids has {len(items)} entries but the model has {n_rows} rows "
+            f"(n_items={model.cfg.n_items} plus padding at index 0); pass one id per row"
+        )
+    return model, items
+
+
+def default_item_ids(n_items: int) -> list[str]:
+    """Vocabulary used when none is given: index i -> str(i) (index 0 is the padding)."""
+    return [str(i) for i in range(n_items + 1)]
+
+
+def weights_sha256(model: onnx.ModelProto) -> str:
+    """Hex SHA-256 over the graph's initializers (sorted by name: name, dtype, dims, bytes).
+
+    Tensor data must be loaded (not left in external files). The runtime can recompute it
+    from a loaded model to check `recblr.weights_sha256`.
+    """
+    digest = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda t: t.name):
+        arr = numpy_helper.to_array(init)
+        digest.update(init.name.encode())
+        digest.update(f"|{init.data_type}|{list(init.dims)}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def cell_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The file's metadata_props as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    """Replace the given metadata_props keys (others are kept)."""
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    for k, v in [*keep, *meta.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def _contract_metadata(
+    cfg_dict: dict, state_size: int, top_k: int, opset: int, items: list[str], precision: str
+) -> dict[str, str]:
+    return {
+        C.META_FORMAT: C.FORMAT_NAME,
+        C.META_FORMAT_VERSION: str(C.FORMAT_VERSION),
+        C.META_CONFIG: json.dumps(cfg_dict, sort_keys=True),
+        C.META_STATE_SIZE: str(state_size),
+        C.META_TOP_K: str(top_k),
+        C.META_OPSET: str(opset),
+        C.META_ITEMS: json.dumps(items, ensure_ascii=False),
+        META_PRECISION: precision,
+        META_RECBLR_VERSION: __version__,
+    }
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and warns about unrelated optional packages."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def build_cell(model: RecBLR, top_k: int, precision: str = "fp32") -> RecBLRCell:
+    """The cell module for `model` (fp32 shares the model's parameters; fp16 uses a copy)."""
+    if precision not in PRECISIONS:
+        raise RecblrError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not 1 <= top_k <= model.cfg.n_items:
+        raise RecblrError(
+            f"--top-k must be between 1 and the catalog size {model.cfg.n_items}, got {top_k}"
+        )
+    if precision == "fp16":
+        model = copy.deepcopy(model).half()
+    return RecBLRCell(model, top_k).eval()
+
+
+def _to_onnx(cell: RecBLRCell, opset: int) -> onnx.ModelProto:
+    cfg = cell.model.cfg
+    example = (
+        torch.tensor([1, min(2, cfg.n_items)], dtype=torch.long),
+        torch.zeros(2, cfg.state_size),
+        torch.full((2, 2), -1, dtype=torch.long),
+    )
+    batch = torch.export.Dim("batch")
+    n_exclude = torch.export.Dim("n_exclude")
+    was_training = cell.model.training
+    cell.model.eval()
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                cell,
+                example,
+                None,
+                dynamo=True,
+                verbose=False,
+                opset_version=opset,
+                input_names=[C.INPUT_ITEM, C.INPUT_STATE, C.INPUT_EXCLUDE],
+                output_names=[C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
+                dynamic_shapes={
+                    "item": {0: batch},
+                    "state": {0: batch},
+                    "exclude": {0: batch, 1: n_exclude},
+                },
+            )
+            proto = program.model_proto
+    finally:
+        cell.model.train(was_training)
+    proto.producer_name = "recblr"
+    proto.producer_version = __version__
+    proto.doc_string = (
+        "RecBLR per-step cell: (item, state, exclude) -> (next_state, top_items, top_scores)"
+    )
+    return proto
+
+
+def _initializer_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer) + sum(
+        4 * len(t.float_data) + 8 * len(t.int64_data) for t in model.graph.initializer
+    )
+
+
+def _target_dir(path: Path) -> Path:
+    """The output's folder, created if needed; RecblrError when it cannot hold the file."""
+    if path.is_dir():
+        raise RecblrError(f"output {path} is a directory; give a file name such as {path}/cell.onnx")
+    target_dir = path.parent
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecblrError(
+            f"cannot write the output {path}: {e.strerror or e}; choose a writable location with -o"
+        ) from e
+    if not os.access(target_dir, os.W_OK | os.X_OK):
+        raise RecblrError(
+            f"cannot write the output {path}: folder {target_dir} is not writable; "
+            "choose a writable location with -o"
+        )
+    return target_dir
+
+
+def save_cell_proto(
+    proto: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Save atomically: temp folder in the target folder -> checker -> optional `check(tmp)`
+    -> rename. Weights go to `<name>.data` when they pass `max_inline_bytes`."""
+    path = Path(path)
+    target_dir = _target_dir(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=target_dir))
+    except OSError as e:
+        raise RecblrError(
+            f"cannot write the output {path}: {e.strerror or e}; choose a writable location with -o"
+        ) from e
+    try:
+        tmp_model = tmp / path.name
+        data_name = path.name + ".data"
+        external = _initializer_bytes(proto) > max_inline_bytes
+        try:
+            if external:
+                onnx.save_model(
+                    proto,
+                    tmp_model,
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=1024,
+                )
+            else:
+                onnx.save_model(proto, tmp_model)
+        except OSError as e:
+            raise RecblrError(
+                f"cannot write the output {path}: {e.strerror or e}; free space or choose another "
+                "location with -o"
+            ) from e
+        onnx.checker.check_model(str(tmp_model), full_check=True)
+        if check is not None:
+            check(tmp_model)
+        try:
+            if external:
+                os.replace(tmp / data_name, path.parent / data_name)
+            os.replace(tmp_model, path)
+        except OSError as e:
+            raise RecblrError(f"cannot write the output {path}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def cell_to_proto(
+    model: RecBLR,
+    item_ids: Sequence[str],
+    *,
+    top_k: int,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+) -> onnx.ModelProto:
+    """The in-memory ONNX cell with its full metadata."""
+    cell = build_cell(model, top_k, precision)
+    proto = _to_onnx(cell, opset)
+    meta = _contract_metadata(
+        model.cfg.to_dict(), model.cfg.state_size, top_k, opset, list(item_ids), precision
+    )
+    meta[C.META_WEIGHTS_SHA256] = weights_sha256(proto)
+    set_metadata(proto, meta)
+    return proto
+
+
+def export_cell(
+    model_or_checkpoint: Any,
+    path: str | os.PathLike,
+    *,
+    top_k: int | None = None,
+    item_ids: Sequence[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    precision: str = "fp32",
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Export the per-step cell of a RecBLR model to `path` (an .onnx file) and return it.
+
+    model_or_checkpoint: a `RecBLR`, a `recblr.checkpoint.Checkpoint` or a checkpoint path.
+    top_k: K of `top_items`/`top_scores` (default min(100, n_items)).
+    item_ids: external id of every internal index (index 0 = padding); default the
+        checkpoint's, or str(i) for a bare model.
+    precision: "fp32" or "fp16" (weights and compute in float16; state/scores stay float32).
+    check: called with the temporary file before it is renamed into place; raise to abort.
+    Raises RecblrError for bad arguments and unwritable outputs (no partial file is left).
+    """
+    _target_dir(Path(path))  # fail before the (slow) export
+    model, items = _as_model_and_items(model_or_checkpoint, item_ids)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, model.cfg.n_items)
+    proto = cell_to_proto(model, items, top_k=top_k, opset=opset, precision=precision)
+    return save_cell_proto(proto, path, max_inline_bytes=max_inline_bytes, check=check)
