@@ -1,0 +1,133 @@
+"""Fused BD-LRU in plain PyTorch, blocked for the CPU cache (the `cpu` backend).
+
+Forward and backward are gradient-free functions; `recblr.kernels.ops` wires them into one
+custom op with autograd. The tensors are walked in blocks of (Bb batch rows, c time steps, C
+channels) small enough to stay in cache: for each block the gates are computed from the
+pre-activations in a few vectorised passes, then the recurrence is a sequential in-place
+`addcmul_` over the c steps of the block (one PyTorch op per step, every step a contiguous
+(Bb, C) slab). A state carried from block to block makes any T work, and nothing divides by a
+cumulative product of a (which underflows), so the result is as exact as the reference loop.
+
+The backward recomputes a and b from the saved pre-activations (only the inputs and the
+states h are saved) and walks the same blocks in reverse order:
+
+    G_t  = dL/dh_t + a_{t+1} G_{t+1}            (total gradient of h_t)
+    dx_t = G_t b_t,  db_t = G_t x_t,  da_t = G_t h_{t-1} + db_t * d b_t / d a_t
+    then the chain rule through sigmoid, exp(-softplus(lam) * .) and sqrt; dh0 = a_1 G_1.
+
+Arithmetic is float32 whatever the input dtype; outputs take the dtype of their input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recblr.kernels.reference import EPS
+
+# Elements of one (Bb, C) slab: large enough that one op amortises PyTorch's per-call cost,
+# small enough that a block of CHUNK_T steps of every temporary stays in L2.
+SLAB = 1 << 15
+CHUNK_T = 8
+
+
+def _blocks(B: int, T: int, C: int):
+    bb = max(1, min(B, SLAB // max(C, 1)))
+    for b0 in range(0, B, bb):
+        b1 = min(B, b0 + bb)
+        yield b0, b1, [(t0, min(T, t0 + CHUNK_T)) for t0 in range(0, T, CHUNK_T)]
+
+
+def _gates(r: torch.Tensor, i: torch.Tensor, neg_s: torch.Tensor):
+    """(sigmoid(r), sigmoid(i), a, q = sqrt(1 - a^2 + EPS)) of one block, float32."""
+    sr = torch.sigmoid(r.float())
+    si = torch.sigmoid(i.float())
+    a = torch.mul(sr, neg_s).exp_()
+    q = torch.addcmul(torch.ones((), dtype=a.dtype), a, a, value=-1).add_(EPS).sqrt_()
+    return sr, si, a, q
+
+
+@torch.no_grad()
+def forward(
+    x: torch.Tensor,
+    r_pre: torch.Tensor,
+    i_pre: torch.Tensor,
+    lam: torch.Tensor,
+    h0: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Every state h_t (B, T, C) in x's dtype."""
+    B, T, C = x.shape
+    neg_s = -F.softplus(lam.float())
+    out = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
+    direct = out.dtype == torch.float32
+    for b0, b1, chunks in _blocks(B, T, C):
+        if h0 is None:
+            prev = torch.zeros((b1 - b0, C), dtype=torch.float32, device=x.device)
+        else:
+            prev = h0[b0:b1].float()
+        for t0, t1 in chunks:
+            sl = (slice(b0, b1), slice(t0, t1))
+            _, si, a, q = _gates(r_pre[sl], i_pre[sl], neg_s)
+            u = out[sl] if direct else torch.empty_like(si)
+            torch.mul(si, q, out=u)
+            u.mul_(x[sl])  # u = b * x
+            for k in range(t1 - t0):
+                hk = u[:, k]
+                hk.addcmul_(a[:, k], prev)
+                prev = hk
+            if not direct:
+                out[sl] = u
+    return out
+
+
+@torch.no_grad()
+def backward(
+    grad_h: torch.Tensor,
+    h: torch.Tensor,
+    x: torch.Tensor,
+    r_pre: torch.Tensor,
+    i_pre: torch.Tensor,
+    lam: torch.Tensor,
+    h0: torch.Tensor | None = None,
+):
+    """(dx, dr_pre, di_pre, dlam, dh0) given dL/dh for every state; dh0 is float32 (B, C)."""
+    B, T, C = x.shape
+    lam32 = lam.float()
+    s = F.softplus(lam32)
+    neg_s = -s
+    dx = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
+    dr = torch.empty((B, T, C), dtype=r_pre.dtype, device=x.device)
+    di = torch.empty((B, T, C), dtype=i_pre.dtype, device=x.device)
+    dlam = torch.zeros(C, dtype=torch.float32, device=x.device)
+    dh0 = torch.empty((B, C), dtype=torch.float32, device=x.device)
+    for b0, b1, chunks in _blocks(B, T, C):
+        carry = torch.zeros((b1 - b0, C), dtype=torch.float32, device=x.device)  # a_{t+1} G_{t+1}
+        for t0, t1 in reversed(chunks):
+            sl = (slice(b0, b1), slice(t0, t1))
+            sr, si, a, q = _gates(r_pre[sl], i_pre[sl], neg_s)
+            g = grad_h[sl].to(torch.float32, copy=True)  # becomes G, then db's memory
+            n = t1 - t0
+            g[:, n - 1].add_(carry)
+            for k in range(n - 2, -1, -1):
+                g[:, k].addcmul_(a[:, k + 1], g[:, k + 1])
+            carry = a[:, 0] * g[:, 0]
+            # h_{t-1} for the block's steps.
+            if t0 > 0:
+                h_prev = h[b0:b1, t0 - 1 : t1 - 1].float()
+            else:
+                first = (
+                    torch.zeros((b1 - b0, 1, C), dtype=torch.float32, device=x.device)
+                    if h0 is None
+                    else h0[b0:b1, None].float()
+                )
+                h_prev = torch.cat([first, h[b0:b1, : t1 - 1].float()], dim=1)
+            db = g * x[sl]
+            dx[sl] = g * (si * q)
+            da = g.mul_(h_prev)  # G h_{t-1}; G itself is not needed any more
+            da.sub_(torch.mul(db, si).mul_(a).div_(q))  # + db * d(q si)/da = -db si a / q
+            e = da.mul_(a)  # dL/d(log a)
+            dlam.add_(torch.mul(e, sr).sum((0, 1)))
+            dr[sl] = e.mul_(neg_s).mul_(torch.addcmul(sr, sr, sr, value=-1))
+            di[sl] = db.mul_(q).mul_(torch.addcmul(si, si, si, value=-1))
+        dh0[b0:b1] = carry
+    dlam.mul_(-torch.sigmoid(lam32))
+    return dx, dr, di, dlam, dh0
