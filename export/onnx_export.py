@@ -205,6 +205,14 @@ def _target_dir(path: Path) -> Path:
     if path.is_dir():
         raise RecblrError(f"output {path} is a directory; give a file name such as {path}/cell.onnx")
     target_dir = path.parent
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RecblrError(
+                    f"cannot write the output {path}: {parent} is a file, not a folder; "
+                    "choose another location with -o"
+                )
+            break
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -1,0 +1,117 @@
+"""`recblr-export model.pt [-o cell.onnx] [--top-k K] [--verify]`.
+
+Exit codes: 0 done, 1 the exported cell failed verification (nothing written),
+2 bad input (one line on stderr naming the input and the fix).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from recblr.errors import RecblrError
+
+app = typer.Typer(add_completion=False, help="Export a trained RecBLR checkpoint's per-step cell to ONNX.")
+
+
+class VerificationFailed(Exception):
+    """The exported cell does not reproduce the PyTorch model (exit code 1)."""
+
+
+def _histories(ckpt, n: int, seed: int) -> tuple[list, str]:
+    import numpy as np
+    from recblr.export.verify import random_histories
+
+    from recblr.data import dataset_from_spec
+
+    data = None
+    try:
+        data = dataset_from_spec(ckpt.data)
+    except RecblrError:
+        data = None
+    if data is not None and data.n_items == ckpt.config.n_items:
+        hist, _ = data.split_histories("test")
+        hist = [h for h in hist if len(h) > 0]
+        if hist:
+            rng = np.random.default_rng(seed)
+            pick = rng.choice(len(hist), size=min(n, len(hist)), replace=False)
+            return [hist[i] for i in sorted(pick)], "held-out test histories from the training data"
+    return random_histories(ckpt.config.n_items, n, seed=seed), "random histories (training data not at hand)"
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="model.pt written by `recblr train`."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="Where to write the cell Default: cell.onnx next to the checkpoint."
+    ),
+    top_k: int = typer.Option(100, "--top-k", "-k", help="Items returned per step (capped at the catalog size)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graph."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check the cell against the PyTorch model before writing it."
+    ),
+    verify_users: int = typer.Option(64, "--verify-users", help="Histories checked by --verify."),
+    seed: int = typer.Option(0, "--seed", help="Which histories --verify picks."),
+) -> None:
+    """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
+    from recblr.export.onnx_export import export_cell
+    from recblr.export.verify import verify_cell
+
+    from recblr.checkpoint import load_checkpoint
+
+    if top_k < 1:
+        raise RecblrError(f"--top-k {top_k}: must be at least 1")
+    if verify_users < 1:
+        raise RecblrError(f"--verify-users {verify_users}: must be at least 1")
+    out = output if output is not None else checkpoint.parent / "cell.onnx"
+    ckpt = load_checkpoint(checkpoint)
+    k = min(top_k, ckpt.config.n_items)
+
+    check = None
+    summary: list[str] = []
+    if verify:
+        histories, source = _histories(ckpt, verify_users, seed)
+
+        def check(tmp_path: Path) -> None:
+            rep = verify_cell(tmp_path, ckpt.model, histories)
+            if not rep.ok:
+                raise VerificationFailed(
+                    f"verification failed on {len(histories)} {source}: "
+                    + "; ".join(rep.problems[:3])
+                    + f"; {out} was not written"
+                )
+            summary.append(
+                f"verified on {len(histories)} {source}: top-{k} identical "
+                f"({rep.swapped} tie swaps), max |score diff| {rep.max_score_diff:.2e}"
+            )
+
+    path = export_cell(ckpt, out, top_k=k, opset=opset, check=check)
+    size = path.stat().st_size
+    typer.echo(
+        f"wrote {path} ({size / 1e6:.1f} MB; {ckpt.config.n_items} items, state {ckpt.config.state_size} "
+        f"floats, top-{k}, opset {opset})"
+    )
+    for line in summary:
+        typer.echo(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        app(args=args, prog_name="recblr-export")
+    except SystemExit as e:  # usage errors (2) and --help (0), printed by typer
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except RecblrError as e:
+        print(f"recblr-export: error: {e}", file=sys.stderr)
+        return 2
+    except VerificationFailed as e:
+        print(f"recblr-export: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
