@@ -35,5 +35,7 @@ META_CONFIG = "recblr.config"  # JSON object: the model config
 META_STATE_SIZE = "recblr.state_size"  # str(int) S
 META_TOP_K = "recblr.top_k"  # str(int) K
 META_OPSET = "recblr.opset"  # str(int)
-META_ITEMS = "recblr.items"  # JSON list: items[i] = external id of internal index i; items[0] = padding
+META_ITEMS = (
+    "recblr.items"  # JSON list: items[i] = external id of internal index i; items[0] = padding
+)
 META_WEIGHTS_SHA256 = "recblr.weights_sha256"  # hex digest identifying the cell's weights

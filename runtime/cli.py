@@ -1,0 +1,293 @@
+"""Command lines: `recblr-serve` (HTTP server or --stdin pipe) and `recblr score`.
+
+Both are typer apps called with an argv list; a user error (RecblrError) is printed as one
+line on stderr and the process exits 2. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from recblr.errors import RecblrError
+
+
+class StoreKind(str, Enum):
+    sqlite = "sqlite"
+    memory = "memory"
+
+
+class Durability(str, Enum):
+    normal = "normal"
+    full = "full"
+
+
+class Policy(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class Providers(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _fail(prog: str, e: Exception) -> typer.Exit:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    return typer.Exit(2)
+
+
+serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@serve_app.command()
+def serve(
+    onnx: Path = typer.Option(..., "--onnx", help="the exported cell (cell.onnx)"),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback unless told otherwise)"),
+    port: int = typer.Option(8000, help="TCP port (0 = pick a free one; printed at start)"),
+    state: Path = typer.Option(Path("recblr-state.db"), help="SQLite state file (--store sqlite)"),
+    store: StoreKind = typer.Option(StoreKind.sqlite, help="sqlite (durable) or memory (LRU)"),
+    memory_users: int = typer.Option(1_000_000, help="users kept by --store memory (LRU)"),
+    durability: Durability = typer.Option(
+        Durability.normal,
+        help="normal: survives kill -9; full: fsync per batch, survives power loss",
+    ),
+    max_batch: int = typer.Option(256, help="events per ORT call (1 = micro-batching off)"),
+    max_wait_ms: float = typer.Option(2.0, help="how long a batch waits to fill"),
+    exclude_seen: int = typer.Option(0, help="never recommend the user's last N items"),
+    unknown_items: Policy = typer.Option(Policy.error, help="unknown item ids: error or skip"),
+    providers: Providers = typer.Option(Providers.auto, help="auto (GPU if usable), cpu, cuda"),
+    threads: int = typer.Option(0, help="ORT intra-op threads (0 = ORT default)"),
+    max_body_bytes: int = typer.Option(1 << 20, help="largest request body / NDJSON line"),
+    max_history: int = typer.Option(10_000, help="longest history a PUT may send"),
+    stdin: bool = typer.Option(False, "--stdin", help="pipe mode: NDJSON events in, recs out"),
+    log_level: str = typer.Option("warning", help="uvicorn log level"),
+) -> None:
+    """Serve incremental recommendations from an exported RecBLR cell."""
+    prog = "recblr-serve"
+    try:
+        from recblr.runtime.engine import Engine
+        from recblr.runtime.store import open_store
+
+        st = open_store(
+            "memory" if store == StoreKind.memory else str(state),
+            durability=durability.value,
+            capacity=memory_users,
+        )
+        engine = Engine(
+            onnx,
+            providers=providers.value,
+            store=st,
+            exclude_seen=exclude_seen,
+            unknown_items=unknown_items.value,
+            threads=threads or None,
+        )
+    except RecblrError as e:
+        raise _fail(prog, e) from None
+    except Exception as e:  # e.g. the state file's folder is missing
+        raise _fail(prog, e) from None
+    if stdin:
+        try:
+            run_stdin(engine, max_batch=max_batch)
+        finally:
+            engine.close()
+        return
+    try:
+        run_http(engine, host, port, max_batch, max_wait_ms, max_body_bytes, max_history, log_level)
+    except OSError as e:
+        raise _fail(prog, e) from None
+
+
+def run_http(
+    engine,
+    host: str,
+    port: int,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body_bytes: int,
+    max_history: int,
+    log_level: str = "warning",
+) -> None:
+    import uvicorn
+    from recblr.runtime.server import ServerSettings, create_app
+
+    app = create_app(
+        engine,
+        ServerSettings(
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_body_bytes=max_body_bytes,
+            max_history=max_history,
+        ),
+    )
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+
+    async def main():
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            info = engine.info
+            print(
+                f"recblr-serve: listening on http://{host}:{bound} (cell {info.short_hash}, "
+                f"{info.n_items} items, K={info.top_k}, {engine.providers[0]}, "
+                f"store {getattr(engine.store, 'kind', '?')})",
+                file=sys.stderr,
+                flush=True,
+            )
+        await task
+
+    asyncio.run(main())
+
+
+def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) -> None:
+    """NDJSON events on fd_in -> one recommendation line per event on stdout.
+
+    Lines that are already available are applied together (up to max_batch per ORT call);
+    a bad line gets a JSON error line on stderr and the rest go on.
+    """
+    from recblr.runtime.engine import Event, check_item, check_user
+    from recblr.runtime.errors import RuntimeUserError, UnknownItem
+    from recblr.runtime.server import parse_seq
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    lineno = 0
+    buf = b""
+
+    def parse(line: bytes):
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise RuntimeUserError("an event must be a JSON object with 'user' and 'item'")
+        missing = [f for f in ("user", "item") if f not in obj]
+        if missing:
+            raise RuntimeUserError(f"event is missing field(s): {', '.join(missing)}")
+        ev = Event(check_user(obj["user"]), check_item(obj["item"]), parse_seq(obj.get("seq")))
+        if engine.unknown_items == "error" and engine.item_index(ev.item) is None:
+            raise UnknownItem(f"unknown item {ev.item!r}: not in the cell's vocabulary")
+        return ev
+
+    def process(lines: list[tuple[int, bytes]]) -> None:
+        for i in range(0, len(lines), max_batch):
+            part = lines[i : i + max_batch]
+            evs, slots = [], []
+            for n, line in part:
+                try:
+                    evs.append(parse(line))
+                    slots.append(n)
+                except (ValueError, RuntimeUserError) as e:
+                    msg = f"malformed JSON: {e}" if not isinstance(e, RuntimeUserError) else str(e)
+                    err.write(json.dumps({"line": n, "error": msg}) + "\n")
+            if evs:
+                for n, r in zip(slots, engine.apply(evs), strict=False):
+                    if isinstance(r, Exception):
+                        err.write(json.dumps({"line": n, "error": str(r)}) + "\n")
+                    else:
+                        out.write(json.dumps(r.to_json()) + "\n")
+            out.flush()
+            err.flush()
+
+    while True:
+        chunk = os.read(fd_in, 1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+        *complete, buf = buf.split(b"\n")
+        lines = []
+        for line in complete:
+            lineno += 1
+            if line.strip():
+                lines.append((lineno, line))
+        if lines:
+            process(lines)
+    if buf.strip():
+        process([(lineno + 1, buf)])
+
+
+score_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@score_app.command()
+def score(
+    onnx: Path = typer.Option(..., "--onnx", help="the exported cell"),
+    input: Path = typer.Option(
+        ..., "--input", "-i", help="histories: .jsonl or interactions .csv/.tsv"
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="top-K per user: .jsonl or .csv"),
+    k: int = typer.Option(0, "--k", help="recommendations per user (0 = the cell's K)"),
+    input_format: str = typer.Option("auto", help="auto, jsonl, csv or tsv"),
+    output_format: str = typer.Option("auto", help="auto, jsonl or csv"),
+    columns: str = typer.Option(None, help="field names of a headerless CSV/TSV"),
+    sep: str = typer.Option(None, help="field separator of a CSV/TSV (default by extension)"),
+    chunk_size: int = typer.Option(1024, help="users stepped through the cell together"),
+    exclude_seen: int = typer.Option(0, help="never recommend the user's last N items"),
+    unknown_items: Policy = typer.Option(Policy.error, help="unknown item ids: error or skip"),
+    providers: Providers = typer.Option(Providers.auto),
+    threads: int = typer.Option(0, help="ORT intra-op threads (0 = ORT default)"),
+    progress: bool = typer.Option(True, help="show a progress bar on a terminal"),
+) -> None:
+    """Score whole histories with the cell; writes top-K per user, streaming in chunks."""
+    prog = "recblr score"
+    try:
+        from recblr.runtime.engine import Engine
+        from recblr.runtime.score import score_file
+        from recblr.runtime.store import MemoryStore
+
+        engine = Engine(
+            onnx,
+            providers=providers.value,
+            store=MemoryStore(1),
+            exclude_seen=exclude_seen,
+            unknown_items=unknown_items.value,
+            threads=threads or None,
+        )
+        n = score_file(
+            engine,
+            input,
+            output,
+            k=k or None,
+            chunk_size=chunk_size,
+            in_fmt=input_format,
+            out_fmt=output_format,
+            progress=progress and sys.stderr.isatty(),
+            columns=columns,
+            sep=sep,
+        )
+    except RecblrError as e:
+        raise _fail(prog, e) from None
+    print(f"{prog}: wrote top-{k or engine.top_k} for {n} users to {output}", file=sys.stderr)
+
+
+def serve_main(argv: list[str] | None = None) -> None:
+    """Entry point of `recblr-serve`."""
+    serve_app(args=argv, prog_name="recblr-serve")
+
+
+def score_main(argv: list[str] | None = None) -> None:
+    """Entry point of `recblr score` (argv without the 'score' word)."""
+    score_app(args=argv, prog_name="recblr score")
+
+
+if __name__ == "__main__":  # python -m recblr.runtime.cli ...
+    serve_main()
