@@ -15,7 +15,8 @@ states h are saved) and walks the same blocks in reverse order:
     dx_t = G_t b_t,  db_t = G_t x_t,  da_t = G_t h_{t-1} + db_t * d b_t / d a_t
     then the chain rule through sigmoid, exp(-softplus(lam) * .) and sqrt; dh0 = a_1 G_1.
 
-Arithmetic is float32 whatever the input dtype; outputs take the dtype of their input.
+Arithmetic is float32 for float32/bfloat16/float16 inputs (float64 for float64 inputs, so
+gradcheck can run); outputs take the dtype of their input.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ def _blocks(B: int, T: int, C: int):
         yield b0, b1, [(t0, min(T, t0 + CHUNK_T)) for t0 in range(0, T, CHUNK_T)]
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic dtype: float64 for float64 inputs (gradcheck), float32 for all others."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _gates(r: torch.Tensor, i: torch.Tensor, neg_s: torch.Tensor):
-    """(sigmoid(r), sigmoid(i), a, q = sqrt(1 - a^2 + EPS)) of one block, float32."""
-    sr = torch.sigmoid(r.float())
-    si = torch.sigmoid(i.float())
+    """(sigmoid(r), sigmoid(i), a, q = sqrt(1 - a^2 + EPS)) of one block, in neg_s's dtype."""
+    sr = torch.sigmoid(r.to(neg_s.dtype))
+    si = torch.sigmoid(i.to(neg_s.dtype))
     a = torch.mul(sr, neg_s).exp_()
-    q = torch.addcmul(torch.ones((), dtype=a.dtype), a, a, value=-1).add_(EPS).sqrt_()
+    # (1 - a*a) + EPS rounded exactly as the reference rounds it (this matters as a -> 1).
+    q = torch.mul(a, a).neg_().add_(1.0).add_(EPS).sqrt_()
     return sr, si, a, q
 
 
@@ -56,14 +63,15 @@ def forward(
 ) -> torch.Tensor:
     """Every state h_t (B, T, C) in x's dtype."""
     B, T, C = x.shape
-    neg_s = -F.softplus(lam.float())
+    acc = acc_dtype(x.dtype)
+    neg_s = -F.softplus(lam.to(acc))
     out = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
-    direct = out.dtype == torch.float32
+    direct = out.dtype == acc
     for b0, b1, chunks in _blocks(B, T, C):
         if h0 is None:
-            prev = torch.zeros((b1 - b0, C), dtype=torch.float32, device=x.device)
+            prev = torch.zeros((b1 - b0, C), dtype=acc, device=x.device)
         else:
-            prev = h0[b0:b1].float()
+            prev = h0[b0:b1].to(acc)
         for t0, t1 in chunks:
             sl = (slice(b0, b1), slice(t0, t1))
             _, si, a, q = _gates(r_pre[sl], i_pre[sl], neg_s)
@@ -89,22 +97,23 @@ def backward(
     lam: torch.Tensor,
     h0: torch.Tensor | None = None,
 ):
-    """(dx, dr_pre, di_pre, dlam, dh0) given dL/dh for every state; dh0 is float32 (B, C)."""
+    """(dx, dr_pre, di_pre, dlam, dh0) given dL/dh for every state; dlam, dh0 in acc dtype."""
     B, T, C = x.shape
-    lam32 = lam.float()
-    s = F.softplus(lam32)
+    acc = acc_dtype(x.dtype)
+    lam_a = lam.to(acc)
+    s = F.softplus(lam_a)
     neg_s = -s
     dx = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
     dr = torch.empty((B, T, C), dtype=r_pre.dtype, device=x.device)
     di = torch.empty((B, T, C), dtype=i_pre.dtype, device=x.device)
-    dlam = torch.zeros(C, dtype=torch.float32, device=x.device)
-    dh0 = torch.empty((B, C), dtype=torch.float32, device=x.device)
+    dlam = torch.zeros(C, dtype=acc, device=x.device)
+    dh0 = torch.empty((B, C), dtype=acc, device=x.device)
     for b0, b1, chunks in _blocks(B, T, C):
-        carry = torch.zeros((b1 - b0, C), dtype=torch.float32, device=x.device)  # a_{t+1} G_{t+1}
+        carry = torch.zeros((b1 - b0, C), dtype=acc, device=x.device)  # a_{t+1} G_{t+1}
         for t0, t1 in reversed(chunks):
             sl = (slice(b0, b1), slice(t0, t1))
             sr, si, a, q = _gates(r_pre[sl], i_pre[sl], neg_s)
-            g = grad_h[sl].to(torch.float32, copy=True)  # becomes G, then db's memory
+            g = grad_h[sl].to(acc, copy=True)  # becomes G, then db's memory
             n = t1 - t0
             g[:, n - 1].add_(carry)
             for k in range(n - 2, -1, -1):
@@ -112,14 +121,14 @@ def backward(
             carry = a[:, 0] * g[:, 0]
             # h_{t-1} for the block's steps.
             if t0 > 0:
-                h_prev = h[b0:b1, t0 - 1 : t1 - 1].float()
+                h_prev = h[b0:b1, t0 - 1 : t1 - 1].to(acc)
             else:
                 first = (
-                    torch.zeros((b1 - b0, 1, C), dtype=torch.float32, device=x.device)
+                    torch.zeros((b1 - b0, 1, C), dtype=acc, device=x.device)
                     if h0 is None
-                    else h0[b0:b1, None].float()
+                    else h0[b0:b1, None].to(acc)
                 )
-                h_prev = torch.cat([first, h[b0:b1, : t1 - 1].float()], dim=1)
+                h_prev = torch.cat([first, h[b0:b1, : t1 - 1].to(acc)], dim=1)
             db = g * x[sl]
             dx[sl] = g * (si * q)
             da = g.mul_(h_prev)  # G h_{t-1}; G itself is not needed any more
@@ -129,5 +138,5 @@ def backward(
             dr[sl] = e.mul_(neg_s).mul_(torch.addcmul(sr, sr, sr, value=-1))
             di[sl] = db.mul_(q).mul_(torch.addcmul(si, si, si, value=-1))
         dh0[b0:b1] = carry
-    dlam.mul_(-torch.sigmoid(lam32))
+    dlam.mul_(-torch.sigmoid(lam_a))
     return dx, dr, di, dlam, dh0

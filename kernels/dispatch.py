@@ -32,17 +32,22 @@ class ScanBackendError(ValueError):
     """A scan backend was asked for that does not exist or cannot run on these tensors."""
 
 
+# Looked up once: torch.compile traces the dispatch, and cannot trace importlib or Triton's knobs.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpret() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET)."""
-    if not triton_installed():
-        return False
-    from triton import knobs
+    """Whether TRITON_INTERPRET asks Triton to run kernels in its CPU interpreter.
 
-    return bool(knobs.runtime.interpret)
+    Triton reads the variable when it decorates the kernels, i.e. when
+    `recblr.kernels.triton_scan` is first imported: set it before that.
+    """
+    value = os.environ.get("TRITON_INTERPRET", "")
+    return _TRITON_INSTALLED and value.strip().lower() in ("1", "true", "on", "yes")
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

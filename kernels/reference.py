@@ -66,9 +66,13 @@ def bd_lru(
     lam: torch.Tensor,
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BD-LRU over (B, T, C) inputs: returns (every h_t, the last h)."""
-    a, b = bd_lru_gates(r_pre.float(), i_pre.float(), lam.float())
-    h0f = None if h0 is None else h0.float()
-    hs = linear_scan(a, b * x.float(), h0f)
+    """BD-LRU over (B, T, C) inputs: returns (every h_t, the last h).
+
+    Arithmetic in float32 (float64 for float64 inputs); the states take x's dtype.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    a, b = bd_lru_gates(r_pre.to(acc), i_pre.to(acc), lam.to(acc))
+    h0f = None if h0 is None else h0.to(acc)
+    hs = linear_scan(a, b * x.to(acc), h0f)
     hs = hs.to(x.dtype)
     return hs, hs[:, -1]
