@@ -114,8 +114,13 @@ def read_interactions(
     if first is None:
         return
     first = [c.strip() for c in first]
-    has_header = any(c in USER_COLS + ITEM_COLS or c in (user_col, item_col) for c in first)
-    header = first if has_header else [c.strip() for c in (columns or DEFAULT_COLUMNS).split(",")]
+    names = [c.split(":")[0] for c in first]  # RecBole atomic files: "user_id:token"
+    has_header = any(c in USER_COLS + ITEM_COLS or c in (user_col, item_col) for c in names)
+    header = (
+        [c.split(":")[0] for c in first]
+        if has_header
+        else [c.strip() for c in (columns or DEFAULT_COLUMNS).split(",")]
+    )
     ui, ii, ti = (
         _pick(header, USER_COLS, user_col),
         _pick(header, ITEM_COLS, item_col),

@@ -1,0 +1,197 @@
+"""recblr-serve --stdin, recblr score, refusing bad cells, and running without torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+SERVE = "from recblr.runtime.cli import serve_main; serve_main()"
+SCORE = "from recblr.runtime.cli import score_main; score_main()"
+
+BLOCKER = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "triton") or name in ("recblr.model", "recblr.train"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+@pytest.fixture
+def no_torch_env(tmp_path):
+    d = tmp_path / "blocker"
+    d.mkdir()
+    (d / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(d) + os.pathsep + env.get("PYTHONPATH", "")
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert check.returncode != 0, "the torch blocker is not active"
+    return env
+
+
+def run(code: str, *args, stdin: str | None = None, env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_stdin_pipe_without_torch(cell, tmp_path, no_torch_env, replay_fn):
+    lines = [
+        json.dumps({"user": "a", "item": "1001"}),
+        "{oops",
+        json.dumps({"user": "a", "item": "nope"}),
+        json.dumps({"user": "b", "item": "1005", "seq": 1}),
+        json.dumps({"user": "a", "item": "1002"}),
+        json.dumps({"user": "b", "item": "1006", "seq": 1}),
+        json.dumps({"user": "u" * 300, "item": "1001"}),
+    ]
+    p = run(
+        SERVE,
+        "--onnx",
+        cell,
+        "--stdin",
+        "--state",
+        tmp_path / "s.db",
+        stdin="\n".join(lines) + "\n",
+        env=no_torch_env,
+    )
+    assert p.returncode == 0, p.stderr
+    out = [json.loads(x) for x in p.stdout.splitlines()]
+    err = [json.loads(x) for x in p.stderr.splitlines()]
+    assert [o["user"] for o in out] == ["a", "b", "a", "b"]
+    assert out[0]["items"] == replay_fn(cell, ["1001"])[1]
+    assert out[2]["items"] == replay_fn(cell, ["1001", "1002"])[1]
+    assert out[3]["applied"] is False  # seq 1 again
+    assert [e["line"] for e in err] == [2, 3, 7]
+    assert "malformed JSON" in err[0]["error"] and "unknown item" in err[1]["error"]
+
+
+def test_http_server_without_torch(cell, start_server, no_torch_env):
+    srv = start_server(cell, "--store", "memory", env=no_torch_env)
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert c.post("/v1/events", json={"user": "1", "item": "1001"}).status_code == 200
+    srv.term()
+    assert "blocked" not in srv.stderr and "Traceback" not in srv.stderr
+
+
+def test_runtime_imports_without_torch(no_torch_env):
+    code = (
+        "import recblr.runtime, recblr.runtime.server, recblr.runtime.cli, recblr.runtime.score;"
+        "import sys; assert 'torch' not in sys.modules; print('ok')"
+    )
+    p = run(code, env=no_torch_env)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def _edit_meta(src: Path, dst: Path, **changes) -> Path:
+    import onnx
+
+    m = onnx.load(str(src))
+    props = {p.key: p.value for p in m.metadata_props}
+    for k, v in changes.items():
+        key = "recblr." + k
+        if v is None:
+            props.pop(key, None)
+        else:
+            props[key] = v
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"format_version": "2"}, "format version '2'"),
+        ({"format": None}, "not a recblr cell"),
+        ({"items": None}, "lacks recblr.items"),
+    ],
+)
+def test_bad_cell_is_refused_with_one_line(cell, tmp_path, change, needle):
+    bad = _edit_meta(cell, tmp_path / "bad.onnx", **change)
+    p = run(SERVE, "--onnx", bad, "--port", "0", "--state", tmp_path / "s.db")
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("recblr-serve: error:")
+
+
+def test_missing_cell_file(tmp_path):
+    p = run(SERVE, "--onnx", tmp_path / "nope.onnx", "--stdin", stdin="")
+    assert p.returncode == 2 and "no such cell file" in p.stderr
+
+
+def test_engine_cpu_provider_quietly(cell, capfd):
+    from recblr.runtime import Engine
+
+    e = Engine(cell, providers="auto")
+    assert e.providers[0] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    e.step(["u"], ["1001"])
+    out, err = capfd.readouterr()
+    assert "CUDA" not in err and "error" not in err.lower()
+
+
+def test_score_cli_jsonl_and_tsv(cell, tmp_path, replay_fn):
+    rng = np.random.default_rng(0)
+    items = [str(1000 + i) for i in range(1, 61)]
+    hist = {f"u{u}": list(rng.choice(items, size=int(rng.integers(1, 30)))) for u in range(50)}
+    src = tmp_path / "h.jsonl"
+    src.write_text("".join(json.dumps({"user": u, "items": h}) + "\n" for u, h in hist.items()))
+    out = tmp_path / "recs.jsonl"
+    p = run(
+        SCORE, "--onnx", cell, "--input", src, "--output", out, "--k", "5", "--chunk-size", "16"
+    )
+    assert p.returncode == 0, p.stderr
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["user"] for g in got] == list(hist)
+    for g in got:
+        assert g["items"] == replay_fn(cell, hist[g["user"]])[1][:5]
+    # interactions TSV (user item rating timestamp, headerless, grouped per user, unsorted times)
+    tsv = tmp_path / "u.data"
+    rows = []
+    for u, h in hist.items():
+        group = [f"{u}\t{i}\t5\t{1000 + t}" for t, i in enumerate(h)]
+        rng.shuffle(group)  # within a user's group any order: sorted by timestamp
+        rows += group
+    tsv.write_text("\n".join(rows) + "\n")
+    out2 = tmp_path / "recs.csv"
+    p = run(SCORE, "--onnx", cell, "-i", tsv, "-o", out2, "--k", "3")
+    assert p.returncode == 0, p.stderr
+    lines = out2.read_text().splitlines()
+    assert lines[0] == "user,rank,item,score" and len(lines) == 1 + 3 * len(hist)
+    first = [ln.split(",") for ln in lines[1:4]]
+    assert [f[2] for f in first] == replay_fn(cell, hist["u0"])[1][:3]
+    # not grouped per user: a clear error, exit 2
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\t1001\t5\t1\nb\t1002\t5\t2\na\t1003\t5\t3\n")
+    p = run(SCORE, "--onnx", cell, "-i", bad, "-o", tmp_path / "x.jsonl")
+    assert p.returncode == 2 and "grouped per user" in p.stderr
+    p = run(SCORE, "--onnx", cell, "-i", src, "-o", tmp_path / "y.jsonl", "--k", "99")
+    assert p.returncode == 2 and "1..10" in p.stderr
+
+
+def test_score_pandas(cell, replay_fn):
+    pd = pytest.importorskip("pandas")
+    from recblr.runtime.score import score_pandas
+
+    df = pd.DataFrame({"user": ["a", "b"], "items": [["1001", "1002"], ["1003", "bogus"]]})
+    out = pd.concat(list(score_pandas(iter([df, df.iloc[:1]]), str(cell), k=4)))
+    assert list(out["user"]) == ["a", "b", "a"]
+    assert list(out["items"].iloc[0]) == replay_fn(cell, ["1001", "1002"])[1][:4]
+    assert list(out["items"].iloc[1]) == replay_fn(cell, ["1003"])[1][:4]  # unknown skipped
