@@ -1,0 +1,250 @@
+"""BD-LRU scan benchmark: every available backend against a serial loop and the memory floor.
+
+    python benchmarks/scan.py                 # CPU (this machine), writes benchmarks/results/scan.json
+    python benchmarks/scan.py --device cuda   # GPU: adds the triton backend
+
+For each T in --lengths, with C channels and B = BC // C rows (B*C ~ 2^18), times the forward
+(inputs requiring grad, as in training) and forward+backward of each backend, and reports two
+ratios measured in the same run:
+  loop:  the paper's "serial scan" -- gates in PyTorch, then a Python loop over t with autograd
+         through every step;
+  floor: the memory-bound floor -- one elementwise PyTorch op reading the same inputs and
+         writing the same output (torch.addcmul(x, r_pre, i_pre)); for forward+backward, that
+         op plus three elementwise products that read the backward's inputs (dL/dh, x, r_pre,
+         i_pre, h) and write the three (B, T, C) gradients.
+Also reports the bytes one layer saves for backward, fused (cpu backend) vs unfused (the
+reference: gates in PyTorch, then the scan).
+
+When B*T*C would exceed --max-elems (memory: the serial loop keeps ~10 (B,T,C) tensors for its
+backward), B is reduced for that T and the JSON records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from recblr.kernels import available_backends
+from recblr.kernels.testing import make_inputs, saved_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("x", "r_pre", "i_pre", "lam", "h0")
+
+
+def serial_loop(x, r_pre, i_pre, lam, h0=None):
+    """The paper's serial scan: autograd through a Python loop over t."""
+    a = torch.exp(-F.softplus(lam) * torch.sigmoid(r_pre))
+    b = torch.sqrt(1 - a * a + 1e-8) * torch.sigmoid(i_pre)
+    u = b * x
+    h = torch.zeros_like(x[:, 0]) if h0 is None else h0
+    hs = []
+    for t in range(x.shape[1]):
+        h = a[:, t] * h + u[:, t]
+        hs.append(h)
+    return torch.stack(hs, dim=1)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device, repeats):
+    fn()  # warm-up (and Triton compile)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def bench_one(T, B, C, device, backends, repeats):
+    inp = make_inputs(B, T, C, device=device, with_h0=False)
+    args = [inp[n] for n in NAMES]
+    x, r, i = inp["x"].detach(), inp["r_pre"].detach(), inp["i_pre"].detach()
+    grad = torch.randn_like(x)
+    from recblr.kernels import bd_lru
+
+    def fwd_of(f):
+        return lambda: f(*args)
+
+    def fwdbwd_of(f):
+        def run():
+            h = f(*args)
+            torch.autograd.backward(h, grad)
+            for t in args:
+                if t is not None:
+                    t.grad = None
+
+        return run
+
+    fns = {name: (lambda *a, _n=name: bd_lru(*a, backend=_n)[0]) for name in backends}
+    fns["loop"] = serial_loop
+    out = {}
+    for name, f in fns.items():
+        out[name] = {
+            "fwd_s": timeit(fwd_of(f), device, repeats),
+            "fwdbwd_s": timeit(fwdbwd_of(f), device, repeats),
+        }
+    h = torch.empty_like(x)
+    d1, d2, d3 = (torch.empty_like(x) for _ in range(3))
+
+    def floor_fwd():
+        torch.addcmul(x, r, i, out=h)
+
+    def floor_bwd():
+        torch.mul(grad, x, out=d1)
+        torch.mul(r, i, out=d2)
+        torch.mul(h, grad, out=d3)
+
+    f_fwd = timeit(floor_fwd, device, repeats)
+    f_bwd = timeit(floor_bwd, device, repeats)
+    out["floor"] = {"fwd_s": f_fwd, "fwdbwd_s": f_fwd + f_bwd}
+    ratios = {}
+    for name in backends:
+        ratios[name] = {
+            "speedup_vs_loop_fwd": out["loop"]["fwd_s"] / out[name]["fwd_s"],
+            "speedup_vs_loop_fwdbwd": out["loop"]["fwdbwd_s"] / out[name]["fwdbwd_s"],
+            "x_floor_fwd": out[name]["fwd_s"] / out["floor"]["fwd_s"],
+            "x_floor_fwdbwd": out[name]["fwdbwd_s"] / out["floor"]["fwdbwd_s"],
+        }
+    return out, ratios
+
+
+def saved_ratio(device, fused):
+    B, T, C = 16, 200, 128
+    inp = make_inputs(B, T, C, device=device, with_h0=False)
+    args = [inp[n] for n in NAMES]
+    from recblr.kernels import bd_lru
+
+    f_total, _ = saved_bytes(lambda: bd_lru(*args, backend=fused))
+    u_total, _ = saved_bytes(lambda: bd_lru(*args, backend="reference"))
+    btc = B * T * C * 4
+    return {
+        "shape": [B, T, C],
+        "fused_backend": fused,
+        "fused_bytes": f_total,
+        "unfused_bytes": u_total,
+        "fused_in_BTC_tensors": f_total / btc,
+        "unfused_in_BTC_tensors": u_total / btc,
+        "unfused_over_fused": u_total / f_total,
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 1000, 4096])
+    p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--bc", type=int, default=1 << 18, help="B*C per length (default 2^18)")
+    p.add_argument("--max-elems", type=int, default=None,
+                   help="cap on B*T*C (default 2^26 on cpu, 2^29 on cuda)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan.json"))
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device visible")
+    max_elems = a.max_elems or (1 << 26 if device.type == "cpu" else 1 << 29)
+    backends = available_backends(device)
+    skipped = {}
+    if device.type == "cpu":
+        if "triton" in backends:
+            backends.remove("triton")
+        skipped["triton"] = (
+            "not benchmarked on CPU: Triton runs CPU tensors only in its Python interpreter "
+            "(TRITON_INTERPRET=1), which is orders of magnitude slower; run --device cuda"
+        )
+    C = a.channels
+    meta = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git_commit": git_commit(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "env_RECBLR_SCAN_BACKEND": os.environ.get("RECBLR_SCAN_BACKEND"),
+        "dtype": "float32",
+        "timing": f"best of {a.repeats} after one warm-up, seconds",
+        "load_average_at_start": os.getloadavg(),
+    }
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    results = []
+    print(f"{meta['device']} | torch {meta['torch']} | backends {backends}")
+    hdr = f"{'T':>5} {'B':>5} {'backend':>9} {'fwd ms':>9} {'f+b ms':>9} {'vs loop f+b':>11} {'x floor f':>9} {'x floor f+b':>11}"
+    print(hdr)
+    for T in a.lengths:
+        B = max(1, a.bc // C)
+        note = None
+        if B * T * C > max_elems:
+            B = max(1, max_elems // (T * C))
+            note = f"B reduced from {a.bc // C} to {B} (B*T*C capped at {max_elems} for memory)"
+        times, ratios = bench_one(T, B, C, device, backends, a.repeats)
+        results.append({"T": T, "B": B, "C": C, "BC": B * C, "note": note,
+                        "times": times, "ratios": ratios})  # fmt: skip
+        for name in [*backends, "loop", "floor"]:
+            r = ratios.get(name, {})
+            print(
+                f"{T:>5} {B:>5} {name:>9} {times[name]['fwd_s'] * 1e3:>9.2f} "
+                f"{times[name]['fwdbwd_s'] * 1e3:>9.2f} "
+                f"{r.get('speedup_vs_loop_fwdbwd', float('nan')):>11.1f} "
+                f"{r.get('x_floor_fwd', float('nan')):>9.2f} "
+                f"{r.get('x_floor_fwdbwd', float('nan')):>11.2f}"
+            )
+        if note:
+            print(f"      ({note})")
+    fused = "triton" if "triton" in backends else "cpu"
+    mem = saved_ratio(device, fused)
+    print(
+        f"saved for backward, one layer {mem['shape']}: fused ({fused}) "
+        f"{mem['fused_in_BTC_tensors']:.2f} x BTC, unfused {mem['unfused_in_BTC_tensors']:.2f} "
+        f"x BTC -> unfused/fused = {mem['unfused_over_fused']:.2f}"
+    )
+    meta["load_average_at_end"] = os.getloadavg()
+    report = {"meta": meta, "skipped": skipped, "results": results, "saved_for_backward": mem}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
