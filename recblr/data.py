@@ -151,7 +151,7 @@ def load_csv(
     ti = _find_column(names, [time_col] if time_col else ["timestamp", "time", "ts"], path, "timestamp", "--time-col")
     # csv.reader on the remaining lines keeps quoted fields intact.
     numbered = list(lines)
-    parsed = zip((n for n, _ in numbered), csv.reader((line for _, line in numbered), delimiter=sep))
+    parsed = zip((n for n, _ in numbered), csv.reader((line for _, line in numbered), delimiter=sep), strict=True)
     return _rows_to_interactions(parsed, path, (ui, ii, ti), names[ti])
 
 
@@ -270,7 +270,7 @@ def build_sequences(inter: Interactions, min_count: int = 5, spec: dict | None =
     first_users = u_codes[rows]
     _, up = np.unique(first_users, return_index=True)
     user_order = first_users[np.sort(up)]
-    groups = {int(users_sorted[s]): (s, e) for s, e in zip(starts, np.append(bounds, len(order)))}
+    groups = {int(users_sorted[s]): (s, e) for s, e in zip(starts, np.append(bounds, len(order)), strict=True)}
     sequences = [items_sorted[groups[int(u)][0] : groups[int(u)][1]].copy() for u in user_order]
     user_ids = [str(u_ids[u]) for u in user_order]
     return SequenceData(item_ids, user_ids, sequences, spec or {})

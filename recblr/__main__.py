@@ -1,0 +1,3 @@
+from recblr.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The CLI end to end on small files, as a user runs it (subprocess, real exit codes)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def recblr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recblr", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_train_then_evaluate(small_inter: Path, tmp_path: Path):
+    out = tmp_path / "m.pt"
+    r = recblr("train", "--data", str(small_inter), "--out", str(out), "--epochs", "2", "--max-len", "8",
+               "--batch-size", "64", "--dim", "8", "--metrics-json", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1 | loss" in r.stderr and "valid NDCG@10" in r.stderr
+    assert set(json.loads(r.stdout)["test"]) == {"window", "stream"}
+    assert json.loads((tmp_path / "m.json").read_text())["epochs"] == 2
+    r = recblr("evaluate", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["split"] == "test" and 0 <= res["stream"]["ndcg@10"] <= 1 and "hr@20" in res["window"]
+    r = recblr("evaluate", str(out), "--split", "valid", "--mode", "window", "--data", str(small_inter))
+    assert r.returncode == 0 and set(json.loads(r.stdout)) >= {"window"}
+
+
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (None, ["train", "--data", "missing.inter"], "no such file"),
+        ("user_id:token\tthing:token\ttimestamp:float\n1\t2\t3\n", ["train", "--data", "f.inter"], "no item column"),
+        ("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tnoon\n", ["train", "--data", "f.inter"], "not a number"),
+        ("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n", ["train", "--data", "f.inter"], "after the 5-core filter"),
+        ("garbage", ["evaluate", "f.inter"], "not a readable recblr checkpoint"),
+    ],
+)
+def test_bad_input_exit_2_one_line(tmp_path: Path, make, args, message):
+    if make is not None:
+        (tmp_path / "f.inter").write_text(make)
+    r = recblr(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_entry_points_help():
+    for args in (["--help"], ["train", "--help"], ["data", "fetch", "--help"]):
+        r = recblr(*args)
+        assert r.returncode == 0, r.stderr
