@@ -164,28 +164,24 @@ def _to_onnx(cell: RecBLRCell, opset: int) -> onnx.ModelProto:
     )
     batch = torch.export.Dim("batch")
     n_exclude = torch.export.Dim("n_exclude")
-    was_training = cell.model.training
-    cell.model.eval()
-    try:
-        with _quiet(), torch.no_grad():
-            program = torch.onnx.export(
-                cell,
-                example,
-                None,
-                dynamo=True,
-                verbose=False,
-                opset_version=opset,
-                input_names=[C.INPUT_ITEM, C.INPUT_STATE, C.INPUT_EXCLUDE],
-                output_names=[C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
-                dynamic_shapes={
-                    "item": {0: batch},
-                    "state": {0: batch},
-                    "exclude": {0: batch, 1: n_exclude},
-                },
-            )
-            proto = program.model_proto
-    finally:
-        cell.model.train(was_training)
+    cell.eval()
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            cell,
+            example,
+            None,
+            dynamo=True,
+            verbose=False,
+            opset_version=opset,
+            input_names=[C.INPUT_ITEM, C.INPUT_STATE, C.INPUT_EXCLUDE],
+            output_names=[C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
+            dynamic_shapes={
+                "item": {0: batch},
+                "state": {0: batch},
+                "exclude": {0: batch, 1: n_exclude},
+            },
+        )
+        proto = program.model_proto
     proto.producer_name = "recblr"
     proto.producer_version = __version__
     proto.doc_string = (
@@ -288,8 +284,12 @@ def cell_to_proto(
     precision: str = "fp32",
 ) -> onnx.ModelProto:
     """The in-memory ONNX cell with its full metadata."""
-    cell = build_cell(model, top_k, precision)
-    proto = _to_onnx(cell, opset)
+    was_training = model.training
+    try:
+        cell = build_cell(model, top_k, precision)  # puts the shared modules in eval mode
+        proto = _to_onnx(cell, opset)
+    finally:
+        model.train(was_training)
     meta = _contract_metadata(
         model.cfg.to_dict(), model.cfg.state_size, top_k, opset, list(item_ids), precision
     )
