@@ -51,3 +51,14 @@ def test_entry_points_help():
     for args in (["--help"], ["train", "--help"], ["data", "fetch", "--help"]):
         r = recblr(*args)
         assert r.returncode == 0, r.stderr
+
+
+def test_fetch_from_a_bad_wheel_is_a_clear_error(tmp_path: Path):
+    import zipfile
+
+    wheel = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("recbole/__init__.py", "")
+    r = subprocess.run([sys.executable, "-m", "recblr", "data", "fetch", "ml-100k", "--wheel", str(wheel), "--force"],
+                       capture_output=True, text=True, env={**__import__("os").environ, "RECBLR_CACHE_DIR": str(tmp_path / "c")})
+    assert r.returncode == 2 and "not a recbole 1.2.1 wheel" in r.stderr
