@@ -41,6 +41,26 @@ def _histories(ckpt, n: int, seed: int) -> tuple[list, str]:
     return random_histories(ckpt.config.n_items, n, seed=seed), "random histories (training data not at hand)"
 
 
+def _check_agreement(tmp_path, ckpt, histories, k, precision, source, out, summary) -> None:
+    """Reduced precision: top-min(10,K) overlap with the fp32 model must stay >= the bar."""
+    import numpy as np
+    import torch
+    from recblr.export.onnx_export import MIN_TOP10_AGREEMENT
+    from recblr.export.verify import cpu_session, reference_scores, step_session
+
+    _, items, _ = step_session(cpu_session(tmp_path), histories)
+    ref = reference_scores(ckpt.model, histories)
+    n = min(10, k)
+    ref_top = torch.topk(torch.from_numpy(ref), n, dim=1).indices.numpy()
+    agree = float(np.mean([len(set(items[u, :n]) & set(ref_top[u])) / n for u in range(len(histories))]))
+    if agree < MIN_TOP10_AGREEMENT:
+        raise VerificationFailed(
+            f"verification failed on {len(histories)} {source}: {precision} top-{n} agreement "
+            f"{agree:.3f} with the fp32 model is below {MIN_TOP10_AGREEMENT}; {out} was not written"
+        )
+    summary.append(f"verified on {len(histories)} {source}: {precision} top-{n} agreement {agree:.3f}")
+
+
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="model.pt written by `recblr train`."),
@@ -49,6 +69,12 @@ def export(
     ),
     top_k: int = typer.Option(100, "--top-k", "-k", help="Items returned per step (capped at the catalog size)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset of the graph."),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Weights and compute in float16 (state and scores stay float32)."
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Dynamic int8 quantisation of the weight matrices (onnxruntime)."
+    ),
     verify: bool = typer.Option(
         False, "--verify", help="Check the cell against the PyTorch model before writing it."
     ),
@@ -65,6 +91,9 @@ def export(
         raise RecblrError(f"--top-k {top_k}: must be at least 1")
     if verify_users < 1:
         raise RecblrError(f"--verify-users {verify_users}: must be at least 1")
+    if fp16 and int8:
+        raise RecblrError("--fp16 and --int8 exclude each other; pick one")
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     out = output if output is not None else checkpoint.parent / "cell.onnx"
     ckpt = load_checkpoint(checkpoint)
     k = min(top_k, ckpt.config.n_items)
@@ -75,6 +104,9 @@ def export(
         histories, source = _histories(ckpt, verify_users, seed)
 
         def check(tmp_path: Path) -> None:
+            if precision != "fp32":
+                _check_agreement(tmp_path, ckpt, histories, k, precision, source, out, summary)
+                return
             rep = verify_cell(tmp_path, ckpt.model, histories)
             if not rep.ok:
                 raise VerificationFailed(
@@ -87,11 +119,11 @@ def export(
                 f"({rep.swapped} tie swaps), max |score diff| {rep.max_score_diff:.2e}"
             )
 
-    path = export_cell(ckpt, out, top_k=k, opset=opset, check=check)
+    path = export_cell(ckpt, out, top_k=k, opset=opset, precision=precision, check=check)
     size = path.stat().st_size
     typer.echo(
         f"wrote {path} ({size / 1e6:.1f} MB; {ckpt.config.n_items} items, state {ckpt.config.state_size} "
-        f"floats, top-{k}, opset {opset})"
+        f"floats, top-{k}, opset {opset}, {precision})"
     )
     for line in summary:
         typer.echo(line)

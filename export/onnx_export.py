@@ -38,7 +38,10 @@ from recblr.model import RecBLR
 
 DEFAULT_OPSET = 18
 DEFAULT_TOP_K = 100
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+# Measured on ML-100K (benchmarks/cell.py): top-10 agreement with fp32 must stay >= this for a
+# precision to be offered; fp16 and int8 both pass (see benchmarks/results/cell.json).
+MIN_TOP10_AGREEMENT = 0.95
 # Serialized protobufs cannot exceed 2 GiB; stay clear of it (metadata, graph) and move the
 # weights to `<name>.data` beyond this many initializer bytes.
 MAX_INLINE_BYTES = 1_800_000_000
@@ -152,6 +155,7 @@ def build_cell(model: RecBLR, top_k: int, precision: str = "fp32") -> RecBLRCell
         )
     if precision == "fp16":
         model = copy.deepcopy(model).half()
+    # int8 starts from the fp32 graph (quantised after export, see _quantize_int8).
     return RecBLRCell(model, top_k).eval()
 
 
@@ -188,6 +192,24 @@ def _to_onnx(cell: RecBLRCell, opset: int) -> onnx.ModelProto:
         "RecBLR per-step cell: (item, state, exclude) -> (next_state, top_items, top_scores)"
     )
     return proto
+
+
+def _quantize_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Dynamic int8 quantisation (onnxruntime.quantization): int8 weights of the MatMul/Gemm
+    layers, activations quantised per call; state, gates and scores stay float32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = copy.deepcopy(proto)
+    # The exporter's value_info (shapes of initializers too) trips the quantiser's shape
+    # inference after it rewrites weights; ORT re-infers shapes anyway.
+    del proto.graph.value_info[:]
+    big = _initializer_bytes(proto) > MAX_INLINE_BYTES
+    with tempfile.TemporaryDirectory(prefix="recblr-int8-") as tmp, _quiet():
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(proto, src, save_as_external_data=big)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, use_external_data_format=big)
+        out = onnx.load(dst)  # loads external data too
+    return out
 
 
 def _initializer_bytes(model: onnx.ModelProto) -> int:
@@ -286,10 +308,13 @@ def cell_to_proto(
     """The in-memory ONNX cell with its full metadata."""
     was_training = model.training
     try:
-        cell = build_cell(model, top_k, precision)  # puts the shared modules in eval mode
+        # Puts the shared modules in eval mode.
+        cell = build_cell(model, top_k, "fp32" if precision == "int8" else precision)
         proto = _to_onnx(cell, opset)
     finally:
         model.train(was_training)
+    if precision == "int8":
+        proto = _quantize_int8(proto)
     meta = _contract_metadata(
         model.cfg.to_dict(), model.cfg.state_size, top_k, opset, list(item_ids), precision
     )
