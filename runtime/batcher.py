@@ -1,7 +1,8 @@
 """Micro-batching: gather concurrent requests into one engine call.
 
 Requests are queued in arrival order. The worker takes the first one, then keeps taking more
-until `max_batch` events are gathered or `max_wait_ms` has passed since the first, and runs them
+until `max_batch` events are gathered or `max_wait_ms` has passed since the first (it waits
+only while other requests are still being read: a lone request runs at once), and runs them
 as one `Engine.apply` (in a worker thread, so the event loop keeps accepting). The engine splits
 repeated users into waves, so two events of one user are applied in arrival order. Other
 operations (history reset, forget) go through the same queue and run alone, in order.
@@ -33,11 +34,15 @@ class MicroBatcher:
         max_batch: int = 256,
         max_wait_ms: float = 2.0,
         on_batch: Callable[[int, float], None] | None = None,
+        more_coming: Callable[[], int] | None = None,
     ):
         self.engine = engine
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.on_batch = on_batch
+        # how many requests are being read right now (not yet queued): a batch only waits for
+        # more while some are, so a lone client never pays max_wait_ms.
+        self.more_coming = more_coming
         self._q: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
         self._held: _Job | None = None
@@ -97,7 +102,8 @@ class MicroBatcher:
             n = len(first.events)
             deadline = time.monotonic() + self.max_wait
             while n < self.max_batch:
-                j = await self._next(deadline - time.monotonic())
+                idle = self.more_coming is not None and self.more_coming() == 0
+                j = await self._next(0 if idle else deadline - time.monotonic())
                 if j is False:
                     break
                 if j is None:

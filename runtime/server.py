@@ -120,8 +120,13 @@ class App:
         )
         m.describe("recblr_inflight_events", "gauge", "events queued or running")
         self.batcher = MicroBatcher(
-            engine, self.settings.max_batch, self.settings.max_wait_ms, on_batch=self._on_batch
+            engine,
+            self.settings.max_batch,
+            self.settings.max_wait_ms,
+            on_batch=self._on_batch,
+            more_coming=lambda: self.reading,
         )
+        self.reading = 0  # /v1/events requests between arrival and queueing
         self.ready = False
         routes = [
             Route("/v1/events", self.events, methods=["POST"]),
@@ -174,33 +179,45 @@ class App:
 
     # ----------------------------------------------------------------- endpoints
     async def events(self, request: Request) -> Response:
-        async def run(request):
-            k = parse_k(request, self.engine)
-            body = parse_json(await read_body(request, self.settings.max_body_bytes))
-            if isinstance(body, dict) and "events" in body:
-                raw = body["events"]
-                if not isinstance(raw, list):
-                    raise BadEvent("'events' must be a list of events")
-                if len(raw) > self.settings.max_events_per_request:
-                    raise TooLarge(
-                        f"{len(raw)} events in one request; the limit is "
-                        f"{self.settings.max_events_per_request}"
-                    )
-                evs = []
-                for i, o in enumerate(raw):
-                    try:
-                        evs.append(parse_event(o, self.engine))
-                    except RuntimeUserError as e:
-                        raise type(e)(f"events[{i}]: {e}", status=e.status, code=e.code) from None
-                if not evs:
-                    return JSONResponse({"results": []})
-                res = await self.batcher.submit(evs)
-                return JSONResponse({"results": [_out(r, k) for r in res]})
-            ev = parse_event(body, self.engine)
-            (res,) = await self.batcher.submit([ev])
-            return JSONResponse(_out(res, k))
+        self.reading += 1
+        request.state.reading = True
+        try:
+            return await self._timed("events", self._events, request)
+        finally:
+            self._queued(request)
 
-        return await self._timed("events", run, request)
+    def _queued(self, request: Request) -> None:
+        if getattr(request.state, "reading", False):
+            request.state.reading = False
+            self.reading -= 1
+
+    async def _events(self, request: Request) -> Response:
+        k = parse_k(request, self.engine)
+        body = parse_json(await read_body(request, self.settings.max_body_bytes))
+        if isinstance(body, dict) and "events" in body:
+            raw = body["events"]
+            if not isinstance(raw, list):
+                raise BadEvent("'events' must be a list of events")
+            if len(raw) > self.settings.max_events_per_request:
+                raise TooLarge(
+                    f"{len(raw)} events in one request; the limit is "
+                    f"{self.settings.max_events_per_request}"
+                )
+            evs = []
+            for i, o in enumerate(raw):
+                try:
+                    evs.append(parse_event(o, self.engine))
+                except RuntimeUserError as e:
+                    raise type(e)(f"events[{i}]: {e}", status=e.status, code=e.code) from None
+            if not evs:
+                return JSONResponse({"results": []})
+            self._queued(request)
+            res = await self.batcher.submit(evs)
+            return JSONResponse({"results": [_out(r, k) for r in res]})
+        ev = parse_event(body, self.engine)
+        self._queued(request)
+        (res,) = await self.batcher.submit([ev])
+        return JSONResponse(_out(res, k))
 
     async def recommendations(self, request: Request) -> Response:
         async def run(request):
