@@ -4,7 +4,6 @@ and the serving commands never load torch."""
 from __future__ import annotations
 
 import json
-import sys
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -225,13 +224,3 @@ def train_main() -> None:
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command()(train)
     single()
-
-
-def export_main() -> None:
-    sys.argv = [sys.argv[0], "export", *sys.argv[1:]]
-    app()
-
-
-def serve_main() -> None:
-    sys.argv = [sys.argv[0], "serve", *sys.argv[1:]]
-    app()
