@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from recblr.export import build_cell, export_cell
-from recblr.export.verify import step_session
 
 from recblr.config import ModelConfig
+from recblr.export import build_cell, export_cell
+from recblr.export.verify import step_session
 from recblr.model import RecBLR
 
 HISTORY = (10, 100, 1000)

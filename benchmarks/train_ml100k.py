@@ -13,10 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import provenance, write_result  # noqa: E402
-from recblr.kernels import get_backend  # noqa: E402
 
 from recblr.config import ModelConfig, TrainConfig  # noqa: E402
 from recblr.data import load_dataset  # noqa: E402
+from recblr.kernels import get_backend  # noqa: E402
 from recblr.train import train  # noqa: E402
 
 

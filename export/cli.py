@@ -22,9 +22,9 @@ class VerificationFailed(Exception):
 
 def _histories(ckpt, n: int, seed: int) -> tuple[list, str]:
     import numpy as np
-    from recblr.export.verify import random_histories
 
     from recblr.data import dataset_from_spec
+    from recblr.export.verify import random_histories
 
     data = None
     try:
@@ -45,6 +45,7 @@ def _check_agreement(tmp_path, ckpt, histories, k, precision, source, out, summa
     """Reduced precision: top-min(10,K) overlap with the fp32 model must stay >= the bar."""
     import numpy as np
     import torch
+
     from recblr.export.onnx_export import MIN_TOP10_AGREEMENT
     from recblr.export.verify import cpu_session, reference_scores, step_session
 
@@ -82,10 +83,9 @@ def export(
     seed: int = typer.Option(0, "--seed", help="Which histories --verify picks."),
 ) -> None:
     """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
+    from recblr.checkpoint import load_checkpoint
     from recblr.export.onnx_export import export_cell
     from recblr.export.verify import verify_cell
-
-    from recblr.checkpoint import load_checkpoint
 
     if top_k < 1:
         raise RecblrError(f"--top-k {top_k}: must be at least 1")

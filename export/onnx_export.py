@@ -29,12 +29,12 @@ from typing import Any
 import onnx
 import torch
 from onnx import numpy_helper
-from recblr.export.cell import RecBLRCell
-from recblr.runtime import contract as C
 
 from recblr import __version__
 from recblr.errors import RecblrError
+from recblr.export.cell import RecBLRCell
 from recblr.model import RecBLR
+from recblr.runtime import contract as C
 
 DEFAULT_OPSET = 18
 DEFAULT_TOP_K = 100

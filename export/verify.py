@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 import torch
-from recblr.runtime import contract as C
 
 from recblr.model import RecBLR
+from recblr.runtime import contract as C
 
 ATOL = 1e-4
 TIE_TOL = 1e-5

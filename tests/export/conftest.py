@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 import torch
-from recblr.export import export_cell
 
 from recblr.config import ModelConfig
+from recblr.export import export_cell
 from recblr.model import RecBLR
 
 N_ITEMS = 60

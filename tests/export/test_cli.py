@@ -7,6 +7,7 @@ import json
 import onnx
 import pytest
 import torch
+
 from recblr.export import cell_metadata
 from recblr.export.cell import RecBLRCell
 from recblr.export.cli import main

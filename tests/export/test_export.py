@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
+from recblr.errors import RecblrError
 from recblr.export import RecBLRCell, build_cell, cell_metadata, export_cell, weights_sha256
 from recblr.export.verify import compare_topk, cpu_session, reference_scores, step_session
 from recblr.runtime import contract as C
-
-from recblr.errors import RecblrError
 
 
 def test_checker_full_check(random_cell):

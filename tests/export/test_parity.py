@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from recblr.export.verify import (
     compare_topk,
     cpu_session,
