@@ -1,0 +1,290 @@
+"""Serving throughput and latency: cell server (micro-batching on/off) vs a re-encoding baseline.
+
+    python benchmarks/serve.py [--seconds 4] [--out benchmarks/results/serve.json]
+
+Servers (each its own process, uvicorn on loopback, default durable SQLite state for the cell):
+- cell, micro-batching on:  recblr-serve --max-batch 256 --max-wait-ms 2
+- cell, batch of one:       recblr-serve --max-batch 1 --max-wait-ms 0
+- baseline: the same HTTP stack, but each event appends to the user's history and re-encodes
+  the last 200 items with the PyTorch model (one forward per event), as a model without a
+  per-step state must.
+Every user starts with a 200-item history (PUT for the cell server, preloaded in the baseline).
+Load comes from a separate process: N concurrent keep-alive connections (asyncio, raw HTTP/1.1),
+each sending events for its own users as fast as answers come back, for --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+K = 20
+HISTORY = 200
+N_ITEMS = 1349  # ML-100K's catalog size after the 5-core filter
+USERS_PER_CLIENT = 4
+
+
+# ----------------------------------------------------------------------------- baseline server
+def baseline_server(cell_dir: str, port_file: str) -> None:
+    """Starlette app that re-encodes the last HISTORY items with PyTorch per event."""
+    import socket
+    import threading
+
+    import torch
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from recblr.config import ModelConfig
+    from recblr.model import RecBLR
+
+    torch.manual_seed(0)
+    model = RecBLR(ModelConfig(n_items=N_ITEMS)).eval()
+    histories: dict[str, list[int]] = {}
+    lock = threading.Lock()
+    rng = np.random.default_rng(0)
+
+    def encode(user: str, item: int):
+        with lock:
+            h = histories.setdefault(user, rng.integers(1, N_ITEMS + 1, HISTORY).tolist())
+            h.append(item)
+            del h[:-HISTORY]
+            x = torch.tensor([h])
+            with torch.inference_mode():
+                s = model.item_scores(model.last_hidden(x, torch.tensor([len(h)])))
+                top = s.topk(K, dim=-1)
+        return top.indices[0].tolist(), top.values[0].tolist()
+
+    async def events(request):
+        body = await request.json()
+        items, scores = await run_in_threadpool(encode, body["user"], int(body["item"]))
+        return JSONResponse(
+            {"user": body["user"], "items": [str(i) for i in items], "scores": scores}
+        )
+
+    app = Starlette(routes=[Route("/v1/events", events, methods=["POST"])])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    Path(port_file).write_text(str(sock.getsockname()[1]))
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+# ----------------------------------------------------------------------------- load generator
+async def _client(host, port, users, deadline, lat, counts):
+    reader, writer = await asyncio.open_connection(host, port)
+    rng = np.random.default_rng(abs(hash(users[0])) % (2**32))
+    i = 0
+    try:
+        while time.perf_counter() < deadline:
+            u = users[i % len(users)]
+            i += 1
+            body = json.dumps({"user": u, "item": str(int(rng.integers(1, N_ITEMS + 1)))}).encode()
+            req = (
+                f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            t0 = time.perf_counter()
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            m = re.search(rb"content-length: (\d+)", head, re.I)
+            await reader.readexactly(int(m.group(1)))
+            lat.append(time.perf_counter() - t0)
+            if not head.startswith(b"HTTP/1.1 200"):
+                counts["errors"] += 1
+    finally:
+        writer.close()
+
+
+def load(host: str, port: int, clients: int, seconds: float, q) -> None:
+    async def main():
+        lat: list[float] = []
+        counts = {"errors": 0}
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        users = [[f"c{c}u{j}" for j in range(USERS_PER_CLIENT)] for c in range(clients)]
+        await asyncio.gather(*(_client(host, port, u, deadline, lat, counts) for u in users))
+        q.put((lat, time.perf_counter() - t0, counts["errors"]))
+
+    asyncio.run(main())
+
+
+def drive(port: int, clients: int, seconds: float) -> dict:
+    q = mp.Queue()
+    p = mp.Process(target=load, args=("127.0.0.1", port, clients, seconds, q))
+    p.start()
+    lat, wall, errors = q.get()
+    p.join()
+    a = np.array(lat) * 1000
+    return {
+        "clients": clients,
+        "events": len(lat),
+        "events_per_s": len(lat) / wall,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "errors": errors,
+    }
+
+
+# ----------------------------------------------------------------------------- servers
+def start_cell_server(cell: Path, state: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "recblr.runtime",
+        "--onnx",
+        str(cell),
+        "--port",
+        "0",
+        "--state",
+        str(state),
+        *args,
+    ]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    if not m:
+        p.kill()
+        raise RuntimeError(f"cell server did not start: {line}{p.stderr.read()}")
+    return p, int(m.group(1))
+
+
+def prefill_cell(port: int, clients_max: int) -> None:
+    import httpx
+
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+        for ci in range(clients_max):
+            for j in range(USERS_PER_CLIENT):
+                h = [str(x) for x in rng.integers(1, N_ITEMS + 1, HISTORY)]
+                c.put(f"/v1/users/c{ci}u{j}/history", json={"items": h}).raise_for_status()
+
+
+def stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def engine_only(cell: Path, tmp: Path, events: int = 4096) -> dict:
+    """Engine.apply without HTTP: batch of one vs batches of 64 (durable SQLite store)."""
+    from recblr.runtime.engine import Engine, Event
+    from recblr.runtime.store import SQLiteStore
+
+    rng = np.random.default_rng(0)
+    evs = [Event(f"u{i % 64}", str(int(rng.integers(1, N_ITEMS + 1)))) for i in range(events)]
+    out = {}
+    for b in (1, 64):
+        eng = Engine(cell, providers="cpu", store=SQLiteStore(tmp / f"engine{b}.db"))
+        eng.apply(evs[:64])
+        t0 = time.perf_counter()
+        for i in range(0, events, b):
+            eng.apply(evs[i : i + b])
+        out[f"batch_{b}_events_per_s"] = events / (time.perf_counter() - t0)
+        eng.close()
+    out["ratio"] = out["batch_64_events_per_s"] / out["batch_1_events_per_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--out", default="benchmarks/results/serve.json")
+    args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+
+    import torch
+
+    from recblr.config import ModelConfig
+    from recblr.export.onnx_export import export_cell
+    from recblr.model import RecBLR
+
+    tmp = Path(tempfile.mkdtemp())
+    torch.manual_seed(0)
+    model = RecBLR(ModelConfig(n_items=N_ITEMS)).eval()  # same weights as the baseline's
+    cell = export_cell(model, tmp / "cell.onnx", top_k=K)
+    eng = engine_only(cell, tmp)
+    print(json.dumps({"engine_only": eng}), flush=True)
+    runs = []
+    for name, extra in [
+        ("cell_microbatch", ["--max-batch", "256", "--max-wait-ms", "2"]),
+        ("cell_batch1", ["--max-batch", "1", "--max-wait-ms", "0"]),
+    ]:
+        state = tmp / f"{name}.db"
+        p, port = start_cell_server(cell, state, *extra)
+        try:
+            prefill_cell(port, max(clients))
+            for c in clients:
+                r = drive(port, c, args.seconds)
+                r["server"] = name
+                runs.append(r)
+                print(json.dumps(r), flush=True)
+        finally:
+            stop(p)
+    port_file = tmp / "baseline.port"
+    bp = mp.Process(target=baseline_server, args=(str(tmp), str(port_file)))
+    bp.start()
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        time.sleep(1.0)
+        for c in clients:
+            r = drive(port, c, args.seconds)
+            r["server"] = f"baseline_torch_reencode_{HISTORY}"
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+    finally:
+        os.kill(bp.pid, signal.SIGTERM)
+        bp.join(30)
+
+    def eps(server, c):
+        return next(r["events_per_s"] for r in runs if r["server"] == server and r["clients"] == c)
+
+    top = max(clients)
+    res = {
+        "machine": {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "gpu": "none"},
+        "model": ModelConfig(n_items=N_ITEMS).to_dict(),
+        "k": K,
+        "history_len": HISTORY,
+        "seconds_per_run": args.seconds,
+        "state_store": "sqlite (WAL, synchronous=NORMAL)",
+        "runs": runs,
+        "engine_only_no_http": eng,
+        "ratios": {
+            f"microbatch_over_batch1_at_{top}_clients": eps("cell_microbatch", top)
+            / eps("cell_batch1", top),
+            f"cell_over_baseline_at_{top}_clients": eps("cell_microbatch", top)
+            / eps(f"baseline_torch_reencode_{HISTORY}", top),
+            **{
+                f"cell_over_baseline_at_{c}_clients": eps("cell_microbatch", c)
+                / eps(f"baseline_torch_reencode_{HISTORY}", c)
+                for c in clients
+                if c != top
+            },
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
