@@ -44,13 +44,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from recblr.export.onnx_export import export_cell
-    from recblr.runtime.engine import Engine
-    from recblr.runtime.store import MemoryStore
 
     from recblr.config import ModelConfig
     from recblr.data import load_dataset
+    from recblr.export.onnx_export import export_cell
     from recblr.model import RecBLR
+    from recblr.runtime.engine import Engine
+    from recblr.runtime.store import MemoryStore
 
     data = load_dataset("ml-100k")
     hist = [np.asarray(s, dtype=np.int64) for s in data.sequences]

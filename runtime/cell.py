@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
 from recblr.runtime import contract as C
 from recblr.runtime.errors import CellError
 

@@ -118,6 +118,7 @@ def run_http(
     log_level: str = "warning",
 ) -> None:
     import uvicorn
+
     from recblr.runtime.server import ServerSettings, create_app
 
     app = create_app(

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from recblr.runtime import contract as C
 from recblr.runtime.cell import (
     CellInfo,

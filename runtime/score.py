@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
 from recblr.runtime.engine import Engine
 from recblr.runtime.errors import RuntimeUserError, UnknownItem
 from recblr.runtime.store import MemoryStore

@@ -18,15 +18,16 @@ import json
 import time
 from dataclasses import dataclass
 
-from recblr.runtime.batcher import MicroBatcher
-from recblr.runtime.engine import Engine, Event, check_item, check_user
-from recblr.runtime.errors import BadEvent, RuntimeUserError, TooLarge, UnknownItem
-from recblr.runtime.metrics import BATCH_BUCKETS, Metrics
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from recblr.runtime.batcher import MicroBatcher
+from recblr.runtime.engine import Engine, Event, check_item, check_user
+from recblr.runtime.errors import BadEvent, RuntimeUserError, TooLarge, UnknownItem
+from recblr.runtime.metrics import BATCH_BUCKETS, Metrics
 
 
 @dataclass
