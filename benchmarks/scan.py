@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from recblr.kernels import available_backends
 from recblr.kernels.testing import make_inputs, saved_bytes
 
@@ -171,8 +172,12 @@ def main(argv=None):
     p.add_argument("--max-elems", type=int, default=None,
                    help="cap on B*T*C (default 2^26 on cpu, 2^29 on cuda)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (1 gives steadier ratios on a loaded machine)")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan.json"))
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible")
