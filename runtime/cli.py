@@ -66,7 +66,11 @@ def serve(
     exclude_seen: int = typer.Option(0, help="never recommend the user's last N items"),
     unknown_items: Policy = typer.Option(Policy.error, help="unknown item ids: error or skip"),
     providers: Providers = typer.Option(Providers.auto, help="auto (GPU if usable), cpu, cuda"),
-    threads: int = typer.Option(0, help="ORT intra-op threads (0 = ORT default)"),
+    threads: int = typer.Option(
+        1,
+        help="ORT intra-op threads (0 = ORT default). 1 by default: serving batches are small, "
+        "and ORT's spinning pool threads compete with the event loop for the cores",
+    ),
     max_body_bytes: int = typer.Option(1 << 20, help="largest request body / NDJSON line"),
     max_history: int = typer.Option(10_000, help="longest history a PUT may send"),
     stdin: bool = typer.Option(False, "--stdin", help="pipe mode: NDJSON events in, recs out"),
@@ -161,7 +165,30 @@ def run_http(
             )
         await task
 
-    asyncio.run(main())
+    _run_fast_loop(main())
+
+
+def _run_fast_loop(coro) -> None:
+    """Run on uvloop when it is installed (uvicorn's `standard` extra), else plain asyncio.
+
+    `Server.serve` inside our own loop skips uvicorn's loop setup, so we choose it here.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(coro)
+    else:  # pragma: no cover - Python 3.10
+        loop = uvloop.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(coro)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) -> None:

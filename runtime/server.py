@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -74,6 +75,10 @@ def parse_k(request: Request, engine: Engine) -> int:
     raw = request.query_params.get("k")
     if raw is None:
         return engine.top_k
+    return _parse_k(raw, engine)
+
+
+def _parse_k(raw: str, engine: Engine) -> int:
     try:
         k = int(raw)
     except ValueError:
@@ -100,6 +105,26 @@ def _out(r, k: int) -> dict:
     d = r.to_json()
     d["items"], d["scores"] = d["items"][:k], d["scores"][:k]
     return d
+
+
+def events_of(body, app: App) -> list[Event] | None:
+    """The events of a `{"events": [...]}` body, checked; None when the body is one event."""
+    if not (isinstance(body, dict) and "events" in body):
+        return None
+    raw = body["events"]
+    if not isinstance(raw, list):
+        raise BadEvent("'events' must be a list of events")
+    if len(raw) > app.settings.max_events_per_request:
+        raise TooLarge(
+            f"{len(raw)} events in one request; the limit is {app.settings.max_events_per_request}"
+        )
+    evs = []
+    for i, o in enumerate(raw):
+        try:
+            evs.append(parse_event(o, app.engine))
+        except RuntimeUserError as e:
+            raise type(e)(f"events[{i}]: {e}", status=e.status, code=e.code) from None
+    return evs
 
 
 class App:
@@ -195,30 +220,17 @@ class App:
     async def _events(self, request: Request) -> Response:
         k = parse_k(request, self.engine)
         body = parse_json(await read_body(request, self.settings.max_body_bytes))
-        if isinstance(body, dict) and "events" in body:
-            raw = body["events"]
-            if not isinstance(raw, list):
-                raise BadEvent("'events' must be a list of events")
-            if len(raw) > self.settings.max_events_per_request:
-                raise TooLarge(
-                    f"{len(raw)} events in one request; the limit is "
-                    f"{self.settings.max_events_per_request}"
-                )
-            evs = []
-            for i, o in enumerate(raw):
-                try:
-                    evs.append(parse_event(o, self.engine))
-                except RuntimeUserError as e:
-                    raise type(e)(f"events[{i}]: {e}", status=e.status, code=e.code) from None
-            if not evs:
-                return JSONResponse({"results": []})
+        evs = events_of(body, self)
+        if evs is None:
+            ev = parse_event(body, self.engine)
             self._queued(request)
-            res = await self.batcher.submit(evs)
-            return JSONResponse({"results": [_out(r, k) for r in res]})
-        ev = parse_event(body, self.engine)
+            (res,) = await self.batcher.submit([ev])
+            return JSONResponse(_out(res, k))
+        if not evs:
+            return JSONResponse({"results": []})
         self._queued(request)
-        (res,) = await self.batcher.submit([ev])
-        return JSONResponse(_out(res, k))
+        res = await self.batcher.submit(evs)
+        return JSONResponse({"results": [_out(r, k) for r in res]})
 
     async def recommendations(self, request: Request) -> Response:
         async def run(request):
@@ -383,8 +395,129 @@ class StreamEndpoint:
             )
 
 
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _json_bytes(obj) -> bytes:
+    # byte-for-byte what starlette's JSONResponse renders
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+class FastEvents:
+    """Raw ASGI front: `POST /v1/events` skips Starlette's middleware, routing and Request.
+
+    It is the hot path (one request per event); every other request, and the lifespan, goes
+    to the Starlette app. Same answers, errors and metrics as the rest of the API.
+    """
+
+    def __init__(self, app: App, asgi: Starlette):
+        self.app = app
+        self.asgi = asgi
+        self.state = asgi.state  # `create_app(...).state.recblr` keeps working
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/events" or scope["method"] != "POST":
+            await self.asgi(scope, receive, send)
+            return
+        app = self.app
+        t0 = time.perf_counter()
+        app.reading += 1
+        queued = [False]
+
+        def on_queued() -> None:
+            if not queued[0]:
+                queued[0] = True
+                app.reading -= 1
+
+        status, started = 200, False
+        try:
+            try:
+                payload = await self._events(scope, receive, on_queued)
+            except RuntimeUserError as e:
+                app.metrics.inc("recblr_errors_total", code=e.code)
+                status, payload = e.status, {"error": str(e), "code": e.code}
+            body = _json_bytes(payload)
+            started = True
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        except Exception:
+            status = 500
+            if not started:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            raise  # the server logs it, as Starlette's ServerErrorMiddleware does
+        finally:
+            on_queued()
+            app.metrics.inc("recblr_requests_total", endpoint="events", status=str(status))
+            app.metrics.observe(
+                "recblr_request_latency_seconds", time.perf_counter() - t0, endpoint="events"
+            )
+
+    async def _events(self, scope, receive, on_queued):
+        app = self.app
+        engine = app.engine
+        qs = scope.get("query_string", b"")
+        if qs:
+            raw_k = QueryParams(qs).get("k")
+            k = engine.top_k if raw_k is None else _parse_k(raw_k, engine)
+        else:
+            k = engine.top_k
+        body = parse_json(await _read_body_asgi(scope, receive, app.settings.max_body_bytes))
+        evs = events_of(body, app)
+        if evs is None:  # one event
+            ev = parse_event(body, engine)
+            on_queued()
+            (res,) = await app.batcher.submit([ev])
+            return _out(res, k)
+        if not evs:
+            return {"results": []}
+        on_queued()
+        res = await app.batcher.submit(evs)
+        return {"results": [_out(r, k) for r in res]}
+
+
+async def _read_body_asgi(scope, receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise TooLarge(f"request body is {value.decode()} bytes; the limit is {limit}")
+            break
+    msg = await receive()
+    body = msg.get("body", b"")
+    if len(body) > limit:
+        raise TooLarge(f"request body is over the limit of {limit} bytes")
+    if not msg.get("more_body", False):
+        return body
+    chunks, n = [body], len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            break
+        chunk = msg.get("body", b"")
+        n += len(chunk)
+        if n > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 def create_app(engine: Engine, settings: ServerSettings | None = None):
-    """The ASGI app (Starlette) for an engine; `app.state.recblr` is the App object."""
+    """The ASGI app for an engine (Starlette behind a fast front for `POST /v1/events`);
+    `app.state.recblr` is the App object."""
     a = App(engine, settings)
     a.asgi.state.recblr = a
-    return a.asgi
+    return FastEvents(a, a.asgi)
