@@ -3,9 +3,8 @@
     python benchmarks/score.py [--repeats 3] [--dim 64] [--out benchmarks/results/score.json]
 
 Every user's full history (all interactions, up to ~700 items) is scored to top-20, on the CPU:
-- cell:        recblr.runtime batch path (users of a chunk stepped together; all but the last
-               step through the state-only graph), chunk 1024
-- cell_naive:  the same, but every step through the full cell (scores + TopK each step)
+- cell:        recblr.runtime batch path (users of a chunk stepped together, every step through
+               the one cell session), chunk 1024
 - torch:       RecBLR.last_hidden + item_scores + topk, users sorted by length, batches of 256
 Same weights (a random model at the default sizes; speed does not depend on training).
 """
@@ -68,13 +67,6 @@ def main() -> None:
             out.append(engine.encode_histories([h.tolist() for h in hist[i : i + args.chunk]])[1])
         return np.concatenate(out)
 
-    def run_cell_naive():
-        pre, engine._prefill, engine._prefill_tried = engine._prefill, None, True
-        try:
-            return run_cell()
-        finally:
-            engine._prefill = pre
-
     order = np.argsort([-len(h) for h in hist], kind="stable")
 
     def run_torch():
@@ -93,7 +85,6 @@ def main() -> None:
     a, b = run_cell(), run_torch()
     agree = float(np.mean([(a[i] == b[i]).all() for i in range(n_users)]))
     t_cell = best_of(run_cell, args.repeats)
-    t_naive = best_of(run_cell_naive, 1)
     t_torch = best_of(run_torch, args.repeats)
     res = {
         "dataset": "ml-100k (all users, full histories)",
@@ -107,10 +98,9 @@ def main() -> None:
         "top_k_agreement_cell_vs_torch": agree,
         "users_per_s": {
             "cell": n_users / t_cell,
-            "cell_naive_full_graph_each_step": n_users / t_naive,
             "torch_full_sequence_forward": n_users / t_torch,
         },
-        "seconds": {"cell": t_cell, "cell_naive": t_naive, "torch": t_torch},
+        "seconds": {"cell": t_cell, "torch": t_torch},
         "ratio_cell_over_torch": t_torch / t_cell,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

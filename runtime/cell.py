@@ -1,7 +1,6 @@
 """Opening an exported cell: metadata checks, execution-provider choice, ORT sessions.
 
-Nothing here imports torch; `onnx` is imported lazily and only to derive the state-only
-prefill graph used by batch scoring.
+Nothing here imports torch (nor onnx).
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-import numpy as np
 
 from recblr.runtime import contract as C
 from recblr.runtime.errors import CellError
@@ -185,35 +182,3 @@ def open_cell(path: str | os.PathLike, providers="auto", threads: int | None = N
             f"{sorted(need_out - names_out)}; re-export the cell"
         )
     return sess, info, sess.get_providers()
-
-
-def open_state_only_session(path: Path, providers: list[str], threads: int | None = None):
-    """A session of the cell with only `next_state` as output (top-K pruned away).
-
-    Used to prefill long histories: ORT removes the scoring and TopK nodes that no longer feed
-    an output. Returns None when `onnx` is not importable (the full cell is then used).
-    """
-    try:
-        import onnx
-    except ImportError:  # pragma: no cover
-        return None
-    model = onnx.load(str(path))
-    keep = [o for o in model.graph.output if o.name == C.OUTPUT_NEXT_STATE]
-    del model.graph.output[:]
-    model.graph.output.extend(keep)
-    # exclude only feeds the (now dead) scoring path; keep it as an input for a stable API.
-    ort = _ort()
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), sess_options=session_options(threads), providers=providers
-        )
-    except Exception:  # pragma: no cover - fall back to the full cell
-        return None
-
-
-def state_only_feeds(sess, item: np.ndarray, state: np.ndarray, exclude: np.ndarray) -> dict:
-    names = {i.name for i in sess.get_inputs()}
-    feeds = {C.INPUT_ITEM: item, C.INPUT_STATE: state}
-    if C.INPUT_EXCLUDE in names:
-        feeds[C.INPUT_EXCLUDE] = exclude
-    return feeds
