@@ -17,13 +17,34 @@ states h are saved) and walks the same blocks in reverse order:
 
 Arithmetic is float32 for float32/bfloat16/float16 inputs (float64 for float64 inputs, so
 gradcheck can run); outputs take the dtype of their input.
+
+Native path. `forward` and `backward` first try a compiled C kernel (`csrc/bd_lru.c`, built
+with the system C compiler on first use and cached, see `recblr.kernels.cbuild`): one pass
+over the inputs per direction, vectorised over C, OpenMP over (batch row, channel block) with
+`torch.get_num_threads()` threads. It runs float32 and float64; bfloat16/float16 inputs are
+converted to float32 around the call (one copy each way) and the results converted back.
+r_pre and i_pre may be strided views (the model's `chunk(2, -1)` halves): their row strides
+go to the kernel, no copy. Without a compiler, or when the build fails, one RuntimeWarning
+says why and the PyTorch blocked path below runs instead; `native_available()` and
+`native_status()` tell which path is in use. `RECBLR_CPU_NATIVE=0` forces the PyTorch path.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import threading
+import warnings
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+from recblr.kernels import cbuild
 from recblr.kernels.reference import EPS
+
+NATIVE_ENV = "RECBLR_CPU_NATIVE"
+NATIVE_SOURCE = Path(__file__).resolve().parent / "csrc" / "bd_lru.c"
 
 # Elements of one (Bb, C) slab: large enough that one op amortises PyTorch's per-call cost,
 # small enough that a block of CHUNK_T steps of every temporary stays in L2.
@@ -54,7 +75,7 @@ def _gates(r: torch.Tensor, i: torch.Tensor, neg_s: torch.Tensor):
 
 
 @torch.no_grad()
-def forward(
+def forward_torch(
     x: torch.Tensor,
     r_pre: torch.Tensor,
     i_pre: torch.Tensor,
@@ -88,7 +109,7 @@ def forward(
 
 
 @torch.no_grad()
-def backward(
+def backward_torch(
     grad_h: torch.Tensor,
     h: torch.Tensor,
     x: torch.Tensor,
@@ -140,3 +161,161 @@ def backward(
         dh0[b0:b1] = carry
     dlam.mul_(-torch.sigmoid(lam_a))
     return dx, dr, di, dlam, dh0
+
+
+# ----------------------------------------------------------------------------- native path
+
+_native_lock = threading.Lock()
+_native: dict = {"tried": False, "built": None, "error": None}
+
+
+def native_enabled() -> bool:
+    """False when RECBLR_CPU_NATIVE=0 (or false/off/no) forces the PyTorch path."""
+    value = os.environ.get(NATIVE_ENV, "").strip().lower()
+    return value not in ("0", "false", "off", "no")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    strided = [ptr, i64, i64]
+    for sfx in ("f32", "f64"):
+        fwd = getattr(lib, f"bdlru_forward_{sfx}")
+        fwd.argtypes = [i64, i64, i64, *strided * 3, ptr, ptr, ptr, cint]
+        fwd.restype = cint
+        bwd = getattr(lib, f"bdlru_backward_{sfx}")
+        bwd.argtypes = [i64, i64, i64, *strided, ptr, *strided * 3, ptr, ptr, *[ptr] * 5, cint]
+        bwd.restype = cint
+    lib.bdlru_abi_version.restype = cint
+    if lib.bdlru_abi_version() != 1:
+        raise cbuild.BuildError("kernel library has an unexpected ABI version")
+
+
+def _library():
+    """The loaded native library, or None (after one warning saying why)."""
+    if _native["tried"]:
+        return _native["built"].lib if _native["built"] is not None else None
+    with _native_lock:
+        if not _native["tried"]:
+            try:
+                built = cbuild.build(NATIVE_SOURCE)
+                _declare(built.lib)
+                _native["built"] = built
+            except (cbuild.BuildError, OSError, AttributeError) as e:
+                _native["error"] = str(e)
+                warnings.warn(
+                    f"recblr: native cpu scan kernel unavailable, using the slower PyTorch "
+                    f"path ({e})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            _native["tried"] = True
+    return _native["built"].lib if _native["built"] is not None else None
+
+
+def native_available() -> bool:
+    """Whether the compiled kernel is built and loaded (builds it on the first call)."""
+    return _library() is not None
+
+
+def native_status() -> str:
+    """One line: which path `cpu` uses, the library path, or why the native path is off."""
+    if not native_enabled():
+        return f"PyTorch path ({NATIVE_ENV}=0)"
+    if _library() is None:
+        return f"PyTorch path (native kernel unavailable: {_native['error']})"
+    b = _native["built"]
+    threads = "OpenMP" if b.openmp else "one thread (no OpenMP)"
+    return f"native kernel {b.path} ({threads})"
+
+
+def reset_native() -> None:
+    """Forget the loaded library so the next call builds/loads again (tests)."""
+    with _native_lock:
+        _native.update(tried=False, built=None, error=None)
+
+
+def _use_native(x: torch.Tensor):
+    if x.device.type != "cpu" or not native_enabled():
+        return None
+    return _library()
+
+
+def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype` with unit stride along C (a strided view is kept as is)."""
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    return t
+
+
+def _strided(t: torch.Tensor):
+    return t.data_ptr(), t.stride(0), t.stride(1)
+
+
+def _native_forward(lib, x, r_pre, i_pre, lam, h0):
+    B, T, C = x.shape
+    acc = acc_dtype(x.dtype)
+    xs, rs, is_ = (_rows(t, acc) for t in (x, r_pre, i_pre))
+    lam_c = lam.to(acc).contiguous()
+    h0_c = None if h0 is None else h0.to(acc).contiguous()
+    out = torch.empty((B, T, C), dtype=acc)
+    fn = lib.bdlru_forward_f64 if acc == torch.float64 else lib.bdlru_forward_f32
+    rc = fn(B, T, C, *_strided(xs), *_strided(rs), *_strided(is_), lam_c.data_ptr(),
+            None if h0_c is None else h0_c.data_ptr(), out.data_ptr(),
+            torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise MemoryError("bd_lru native forward: out of memory")
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def _native_backward(lib, grad_h, h, x, r_pre, i_pre, lam, h0):
+    B, T, C = x.shape
+    acc = acc_dtype(x.dtype)
+    gs, xs, rs, is_ = (_rows(t, acc) for t in (grad_h, x, r_pre, i_pre))
+    h_c = h.to(acc).contiguous()
+    lam_c = lam.to(acc).contiguous()
+    h0_c = None if h0 is None else h0.to(acc).contiguous()
+    dx, dr, di = (torch.empty((B, T, C), dtype=acc) for _ in range(3))
+    dlam = torch.empty(C, dtype=acc)
+    dh0 = torch.empty((B, C), dtype=acc)
+    fn = lib.bdlru_backward_f64 if acc == torch.float64 else lib.bdlru_backward_f32
+    rc = fn(B, T, C, *_strided(gs), h_c.data_ptr(), *_strided(xs), *_strided(rs),
+            *_strided(is_), lam_c.data_ptr(), None if h0_c is None else h0_c.data_ptr(),
+            dx.data_ptr(), dr.data_ptr(), di.data_ptr(), dlam.data_ptr(), dh0.data_ptr(),
+            torch.get_num_threads())  # fmt: skip
+    if rc != 0:
+        raise MemoryError("bd_lru native backward: out of memory")
+    return dx.to(x.dtype), dr.to(r_pre.dtype), di.to(i_pre.dtype), dlam, dh0
+
+
+@torch.no_grad()
+def forward(
+    x: torch.Tensor,
+    r_pre: torch.Tensor,
+    i_pre: torch.Tensor,
+    lam: torch.Tensor,
+    h0: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Every state h_t (B, T, C) in x's dtype: native kernel when available, else PyTorch."""
+    lib = _use_native(x)
+    if lib is not None:
+        return _native_forward(lib, x, r_pre, i_pre, lam, h0)
+    return forward_torch(x, r_pre, i_pre, lam, h0)
+
+
+@torch.no_grad()
+def backward(
+    grad_h: torch.Tensor,
+    h: torch.Tensor,
+    x: torch.Tensor,
+    r_pre: torch.Tensor,
+    i_pre: torch.Tensor,
+    lam: torch.Tensor,
+    h0: torch.Tensor | None = None,
+):
+    """(dx, dr_pre, di_pre, dlam, dh0): native kernel when available, else PyTorch."""
+    lib = _use_native(x)
+    if lib is not None:
+        return _native_backward(lib, grad_h, h, x, r_pre, i_pre, lam, h0)
+    return backward_torch(grad_h, h, x, r_pre, i_pre, lam, h0)

@@ -21,6 +21,7 @@ import importlib.util
 import os
 
 import torch
+
 from recblr.kernels import cpu as _cpu
 from recblr.kernels import reference as _reference
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from recblr.kernels.reference import EPS
 
 BLOCK_C = 32

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from recblr.kernels import bd_lru, cpu
 from recblr.kernels.dispatch import bd_lru_op
 from recblr.kernels.testing import compare, make_inputs, run, saved_bytes
@@ -10,6 +11,19 @@ from recblr.kernels.testing import compare, make_inputs, run, saved_bytes
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 # a ~ 1 - 1e-4: q = sqrt(1 - a^2 + 1e-8) cancels, one ulp of a moves q by ~3e-4.
 TOL_NEAR_ONE = 2e-3
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def cpu_path(request, monkeypatch):
+    """Every test here runs on both paths of the `cpu` backend: the C kernel and PyTorch."""
+    if request.param == "native":
+        monkeypatch.delenv(cpu.NATIVE_ENV, raising=False)
+        if not cpu.native_available():
+            pytest.skip(f"native kernel unavailable: {cpu.native_status()}")
+    else:
+        monkeypatch.setenv(cpu.NATIVE_ENV, "0")
+    return request.param
+
 
 # Lengths: 1, odd/even, exactly one block, several blocks with a ragged tail, >= 1000.
 LENGTHS = [1, 2, 7, cpu.CHUNK_T, 3 * cpu.CHUNK_T + 5, 1003]

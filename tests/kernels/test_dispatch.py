@@ -1,8 +1,9 @@
 """Backend choice: one place, one env var, one clear error."""
 
 import pytest
-import recblr.kernels as K
 import torch
+
+import recblr.kernels as K
 from recblr.kernels.testing import make_inputs
 
 

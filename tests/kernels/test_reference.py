@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from recblr.kernels import reference
 from recblr.kernels.testing import compare, make_inputs
 

@@ -1,0 +1,157 @@
+"""The compiled C kernel of the `cpu` backend: values, gradients, threads, build cache, fallback."""
+
+import threading
+import warnings
+
+import pytest
+import torch
+
+from recblr.kernels import cbuild, cpu
+from recblr.kernels.testing import compare, make_inputs, run
+
+TOL = 2e-5
+TOL_NEAR_ONE = 2e-3  # see test_cpu.py: q = sqrt(1 - a^2 + 1e-8) cancels as a -> 1
+
+
+@pytest.fixture
+def native(monkeypatch):
+    monkeypatch.delenv(cpu.NATIVE_ENV, raising=False)
+    if not cpu.native_available():
+        pytest.skip(f"native kernel unavailable: {cpu.native_status()}")
+
+
+@pytest.fixture
+def fresh_native():
+    """A test that rebuilds/reloads the library leaves the normal one loaded afterwards."""
+    cpu.reset_native()
+    yield
+    cpu.reset_native()
+
+
+@pytest.mark.parametrize("T", [1, 7, 200, 1001])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("regime", ["normal", "near_one", "near_zero"])
+def test_native_matches_reference(native, T, with_h0, regime):
+    # C = 37: not a multiple of any vector width, so the loop tails run too.
+    inp = make_inputs(3, T, 37, with_h0=with_h0, regime=regime, seed=T)
+    tol = TOL_NEAR_ONE if regime == "near_one" else TOL
+    compare(run("cpu", inp), run("reference", inp), tol)
+
+
+def test_native_agrees_with_torch_path(native, monkeypatch):
+    inp = make_inputs(4, 45, 24, strided=True)
+    got = run("cpu", inp)
+    monkeypatch.setenv(cpu.NATIVE_ENV, "0")
+    compare(got, run("cpu", inp), TOL)
+
+
+@pytest.mark.parametrize("B", [1, 5])
+def test_native_threads_and_channel_blocks(native, B):
+    """2 threads (B=1: the channels are split into blocks) give the 1-thread result."""
+    inp = make_inputs(B, 33, 100, strided=True)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run("cpu", inp)
+        torch.set_num_threads(2)
+        two = run("cpu", inp)
+    finally:
+        torch.set_num_threads(old)
+    compare(two, one, 1e-6)
+    compare(two, run("reference", inp), TOL)
+
+
+def test_native_strided_gates_are_not_copied(native, monkeypatch):
+    """The model's chunk(2, -1) halves go to the kernel as they are (row stride 2C)."""
+    inp = make_inputs(2, 9, 8, strided=True)
+    copies = []
+    real = torch.Tensor.contiguous
+
+    def spy(self, *a, **k):
+        if not self.is_contiguous():
+            copies.append(tuple(self.shape))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", spy)
+    x, r, i, lam = (inp[n].detach() for n in ("x", "r_pre", "i_pre", "lam"))
+    h = cpu.forward(x, r, i, lam)
+    cpu.backward(torch.ones_like(h), h, x, r, i, lam)
+    assert copies == []
+
+
+def test_native_nan_propagates(native):
+    inp = make_inputs(1, 4, 3, with_h0=False)
+    r = inp["r_pre"].detach().clone()
+    r[0, 1, 2] = float("nan")
+    h = cpu.forward(inp["x"].detach(), r, inp["i_pre"].detach(), inp["lam"].detach())
+    assert torch.isnan(h[0, 1:, 2]).all() and not torch.isnan(h[0, 0]).any()
+
+
+def test_env_var_forces_torch_path(monkeypatch):
+    monkeypatch.setenv(cpu.NATIVE_ENV, "0")
+
+    def boom(*a, **k):
+        raise AssertionError("native path used despite RECBLR_CPU_NATIVE=0")
+
+    monkeypatch.setattr(cpu, "_native_forward", boom)
+    monkeypatch.setattr(cpu, "_native_backward", boom)
+    inp = make_inputs(2, 11, 4)
+    compare(run("cpu", inp), run("reference", inp), TOL)
+    assert "RECBLR_CPU_NATIVE=0" in cpu.native_status()
+
+
+def test_build_cache_reuse_and_rebuild(tmp_path, monkeypatch):
+    if cbuild.shutil.which("cc") is None and not cbuild.os.environ.get("CC"):
+        pytest.skip("no C compiler")
+    monkeypatch.setenv(cbuild.CACHE_ENV, str(tmp_path / "cache"))
+    first = cbuild.build(cpu.NATIVE_SOURCE)
+    assert first.built and first.path.parent == tmp_path / "cache"
+    again = cbuild.build(cpu.NATIVE_SOURCE)
+    assert not again.built and again.path == first.path
+    # An edited source gets its own library (the file includes itself by name: keep it).
+    src = tmp_path / "src" / "bd_lru.c"
+    src.parent.mkdir()
+    src.write_text(cpu.NATIVE_SOURCE.read_text() + "\n/* edited */\n")
+    edited = cbuild.build(src)
+    assert edited.built and edited.path != first.path
+    assert not list((tmp_path / "cache").glob(".*.so"))  # no temporary files left
+
+
+def test_concurrent_builds(tmp_path, monkeypatch):
+    """Two builders racing on an empty cache both get a complete, loadable library."""
+    if cbuild.shutil.which("cc") is None and not cbuild.os.environ.get("CC"):
+        pytest.skip("no C compiler")
+    monkeypatch.setenv(cbuild.CACHE_ENV, str(tmp_path))
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(cbuild.build(cpu.NATIVE_SOURCE))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 2
+    assert results[0].path == results[1].path
+    assert [p.name for p in tmp_path.iterdir()] == [results[0].path.name]
+
+
+@pytest.mark.parametrize("cc", ["/bin/false", "/nonexistent/cc"])
+def test_broken_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, fresh_native, cc):
+    monkeypatch.delenv(cpu.NATIVE_ENV, raising=False)
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setenv(cbuild.CACHE_ENV, str(tmp_path))
+    inp = make_inputs(2, 13, 5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = run("cpu", inp)
+        run("cpu", inp)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "native cpu scan kernel unavailable" in msgs[0], msgs
+    assert not cpu.native_available()
+    assert "native kernel unavailable" in cpu.native_status()
+    compare(got, run("reference", inp), TOL)
