@@ -9,14 +9,22 @@ ratios measured in the same run:
   loop:  the paper's "serial scan" -- gates in PyTorch, then a Python loop over t with autograd
          through every step;
   floor: the memory-bound floor -- one elementwise PyTorch op reading the same inputs and
-         writing the same output (torch.addcmul(x, r_pre, i_pre)); for forward+backward, that
-         op plus three elementwise products that read the backward's inputs (dL/dh, x, r_pre,
-         i_pre, h) and write the three (B, T, C) gradients.
+         writing the same output (torch.addcmul(x, r_pre, i_pre, out=h)); for forward+backward,
+         that op plus three elementwise products that read the backward's inputs (dL/dh, x,
+         r_pre, i_pre, h) and write the three (B, T, C) gradients. Outputs are preallocated.
+  floor_alloc: the same ops returning fresh tensors, as every backend must: for large
+         tensors glibc maps new pages per call and the kernel zeroes them on first touch,
+         which on a 1-thread CPU costs as much as the op itself (THP_MEM_ALLOC_ENABLE=1 or a
+         higher MALLOC_MMAP_THRESHOLD_ removes most of it; recorded in meta.env).
+On CPU the `cpu` backend is timed twice: its compiled C kernel ("cpu") and its PyTorch
+fallback ("cpu-torch", RECBLR_CPU_NATIVE=0), so both paths are compared in one run.
 Also reports the bytes one layer saves for backward, fused (cpu backend) vs unfused (the
 reference: gates in PyTorch, then the scan).
 
-When B*T*C would exceed --max-elems (memory: the serial loop keeps ~10 (B,T,C) tensors for its
-backward), B is reduced for that T and the JSON records it.
+When B*T*C would exceed --max-elems (default 2^24 on CPU: 64 MB per float32 tensor, and the
+serial loop keeps ~10 of them for its backward), B is reduced for that T and the JSON records
+it. The serial loop is the slowest thing timed: for T >= 1000 it runs once without a warm-up
+(--loop-repeats), and the JSON records its repeats.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ from recblr.kernels.testing import make_inputs, saved_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("x", "r_pre", "i_pre", "lam", "h0")
+ENV_RECORDED = ("OMP_NUM_THREADS", "RECBLR_CPU_NATIVE", "THP_MEM_ALLOC_ENABLE",
+                "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # fmt: skip
 
 
 def serial_loop(x, r_pre, i_pre, lam, h0=None):
@@ -59,9 +69,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timeit(fn, device, repeats):
-    fn()  # warm-up (and Triton compile)
-    _sync(device)
+def timeit(fn, device, repeats, warmup=True):
+    if warmup:
+        fn()  # warm-up (and Triton compile)
+        _sync(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -90,7 +101,26 @@ def git_commit() -> str:
         return "unknown"
 
 
-def bench_one(T, B, C, device, backends, repeats):
+class _env:
+    """Set environment variables for the duration of a block."""
+
+    def __init__(self, **values):
+        self.values, self.old = values, {}
+
+    def __enter__(self):
+        for k, v in self.values.items():
+            self.old[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_one(T, B, C, device, backends, repeats, loop_repeats):
     inp = make_inputs(B, T, C, device=device, with_h0=False)
     args = [inp[n] for n in NAMES]
     x, r, i = inp["x"].detach(), inp["r_pre"].detach(), inp["i_pre"].detach()
@@ -111,13 +141,24 @@ def bench_one(T, B, C, device, backends, repeats):
         return run
 
     fns = {name: (lambda *a, _n=name: bd_lru(*a, backend=_n)[0]) for name in backends}
+    envs = {name: {} for name in backends}
+    if device.type == "cpu" and "cpu" in backends:
+        fns["cpu-torch"] = fns["cpu"]
+        envs["cpu-torch"] = {"RECBLR_CPU_NATIVE": "0"}
     fns["loop"] = serial_loop
+    envs["loop"] = {}
     out = {}
     for name, f in fns.items():
-        out[name] = {
-            "fwd_s": timeit(fwd_of(f), device, repeats),
-            "fwdbwd_s": timeit(fwdbwd_of(f), device, repeats),
-        }
+        reps = loop_repeats if name == "loop" else repeats
+        warm = name != "loop" or reps > 1
+        with _env(**envs[name]):
+            out[name] = {
+                "fwd_s": timeit(fwd_of(f), device, reps, warmup=warm),
+                "fwdbwd_s": timeit(fwdbwd_of(f), device, reps, warmup=warm),
+            }
+        if name == "loop":
+            out[name]["repeats"] = reps
+            out[name]["warmup"] = warm
     h = torch.empty_like(x)
     d1, d2, d3 = (torch.empty_like(x) for _ in range(3))
 
@@ -129,16 +170,30 @@ def bench_one(T, B, C, device, backends, repeats):
         torch.mul(r, i, out=d2)
         torch.mul(h, grad, out=d3)
 
+    def floor_fwd_alloc():
+        return torch.addcmul(x, r, i)
+
+    def floor_bwd_alloc():
+        return torch.mul(grad, x), torch.mul(r, i), torch.mul(h, grad)
+
     f_fwd = timeit(floor_fwd, device, repeats)
     f_bwd = timeit(floor_bwd, device, repeats)
     out["floor"] = {"fwd_s": f_fwd, "fwdbwd_s": f_fwd + f_bwd}
+    fa_fwd = timeit(floor_fwd_alloc, device, repeats)
+    fa_bwd = timeit(floor_bwd_alloc, device, repeats)
+    out["floor_alloc"] = {"fwd_s": fa_fwd, "fwdbwd_s": fa_fwd + fa_bwd}
     ratios = {}
-    for name in backends:
+    for name in fns:
+        if name == "loop":
+            continue
+        t, lp, fl, fa = out[name], out["loop"], out["floor"], out["floor_alloc"]
         ratios[name] = {
-            "speedup_vs_loop_fwd": out["loop"]["fwd_s"] / out[name]["fwd_s"],
-            "speedup_vs_loop_fwdbwd": out["loop"]["fwdbwd_s"] / out[name]["fwdbwd_s"],
-            "x_floor_fwd": out[name]["fwd_s"] / out["floor"]["fwd_s"],
-            "x_floor_fwdbwd": out[name]["fwdbwd_s"] / out["floor"]["fwdbwd_s"],
+            "speedup_vs_loop_fwd": lp["fwd_s"] / t["fwd_s"],
+            "speedup_vs_loop_fwdbwd": lp["fwdbwd_s"] / t["fwdbwd_s"],
+            "x_floor_fwd": t["fwd_s"] / fl["fwd_s"],
+            "x_floor_fwdbwd": t["fwdbwd_s"] / fl["fwdbwd_s"],
+            "x_floor_alloc_fwd": t["fwd_s"] / fa["fwd_s"],
+            "x_floor_alloc_fwdbwd": t["fwdbwd_s"] / fa["fwdbwd_s"],
         }
     return out, ratios
 
@@ -170,18 +225,22 @@ def main(argv=None):
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--bc", type=int, default=1 << 18, help="B*C per length (default 2^18)")
     p.add_argument("--max-elems", type=int, default=None,
-                   help="cap on B*T*C (default 2^26 on cpu, 2^29 on cuda)")  # fmt: skip
+                   help="cap on B*T*C (default 2^24 on cpu, 2^29 on cuda)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--loop-repeats", type=int, default=None,
+                   help="repeats of the serial loop (default: --repeats for T < 1000, else 1)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (1 gives steadier ratios on a loaded machine)")  # fmt: skip
+                   help="torch.set_num_threads for every backend (default 1 on cpu: steadier "
+                        "ratios on a shared machine, and the same for all backends)")  # fmt: skip
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scan.json"))
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    threads = a.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible")
-    max_elems = a.max_elems or (1 << 26 if device.type == "cpu" else 1 << 29)
+    max_elems = a.max_elems or (1 << 24 if device.type == "cpu" else 1 << 29)
     backends = available_backends(device)
     skipped = {}
     if device.type == "cpu":
@@ -205,7 +264,15 @@ def main(argv=None):
         "dtype": "float32",
         "timing": f"best of {a.repeats} after one warm-up, seconds",
         "load_average_at_start": os.getloadavg(),
+        "max_elems": max_elems,
+        "env": {k: os.environ.get(k) for k in ENV_RECORDED},
     }
+    if device.type == "cpu":
+        from recblr.kernels import cpu as cpu_kernels
+
+        meta["cpu_backend"] = cpu_kernels.native_status()
+        built = cpu_kernels._native["built"]
+        meta["cpu_native_flags"] = list(built.flags) if built is not None else None
     try:
         import triton
 
@@ -214,7 +281,9 @@ def main(argv=None):
         meta["triton"] = None
     results = []
     print(f"{meta['device']} | torch {meta['torch']} | backends {backends}")
-    hdr = f"{'T':>5} {'B':>5} {'backend':>9} {'fwd ms':>9} {'f+b ms':>9} {'vs loop f+b':>11} {'x floor f':>9} {'x floor f+b':>11}"
+    hdr = (f"{'T':>5} {'B':>5} {'backend':>9} {'fwd ms':>9} {'f+b ms':>9} {'vs loop f':>9} "
+           f"{'vs loop f+b':>11} {'x floor f':>9} {'x floor f+b':>11} {'x alloc f':>9} "
+           f"{'x alloc f+b':>11}")  # fmt: skip
     print(hdr)
     for T in a.lengths:
         B = max(1, a.bc // C)
@@ -222,17 +291,23 @@ def main(argv=None):
         if B * T * C > max_elems:
             B = max(1, max_elems // (T * C))
             note = f"B reduced from {a.bc // C} to {B} (B*T*C capped at {max_elems} for memory)"
-        times, ratios = bench_one(T, B, C, device, backends, a.repeats)
+        loop_repeats = a.loop_repeats or (a.repeats if T < 1000 else 1)
+        times, ratios = bench_one(T, B, C, device, backends, a.repeats, loop_repeats)
         results.append({"T": T, "B": B, "C": C, "BC": B * C, "note": note,
                         "times": times, "ratios": ratios})  # fmt: skip
-        for name in [*backends, "loop", "floor"]:
+        for name in times:
             r = ratios.get(name, {})
+            nan = float("nan")
             print(
                 f"{T:>5} {B:>5} {name:>9} {times[name]['fwd_s'] * 1e3:>9.2f} "
                 f"{times[name]['fwdbwd_s'] * 1e3:>9.2f} "
-                f"{r.get('speedup_vs_loop_fwdbwd', float('nan')):>11.1f} "
-                f"{r.get('x_floor_fwd', float('nan')):>9.2f} "
-                f"{r.get('x_floor_fwdbwd', float('nan')):>11.2f}"
+                f"{r.get('speedup_vs_loop_fwd', nan):>9.1f} "
+                f"{r.get('speedup_vs_loop_fwdbwd', nan):>11.1f} "
+                f"{r.get('x_floor_fwd', nan):>9.2f} "
+                f"{r.get('x_floor_fwdbwd', nan):>11.2f} "
+                f"{r.get('x_floor_alloc_fwd', nan):>9.2f} "
+                f"{r.get('x_floor_alloc_fwdbwd', nan):>11.2f}",
+                flush=True,
             )
         if note:
             print(f"      ({note})")

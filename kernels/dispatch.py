@@ -2,7 +2,8 @@
 
 Backends:
   reference  pure PyTorch oracle (`recblr.kernels.reference`), autograd through the gates.
-  cpu        fused, cache-blocked PyTorch (`recblr.kernels.cpu`); runs on any device.
+  cpu        fused (`recblr.kernels.cpu`): a compiled C kernel for CPU tensors (built with the
+             system compiler on first use), else cache-blocked PyTorch; runs on any device.
   triton     fused Triton kernels (`recblr.kernels.triton_scan`); CUDA tensors, or CPU
              tensors when TRITON_INTERPRET=1 was set before the kernels were imported.
 
