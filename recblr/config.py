@@ -46,7 +46,8 @@ class ModelConfig:
 class TrainConfig:
     """How a model is trained (the paper's defaults where it gives them)."""
 
-    max_len: int = 200
+    max_len: int = 200  # window-mode evaluation length (and training window unless set)
+    train_window: int | None = None  # training window length; None = max_len
     batch_size: int = 2048  # (prefix, next item) pairs per step
     lr: float = 1e-3
     epochs: int = 200

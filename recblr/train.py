@@ -106,7 +106,7 @@ def next_item_loss(
 def _sequence_batches(
     model: RecBLR, train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, device
 ) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
-    windows = sequence_windows(train_seqs, cfg.max_len)
+    windows = sequence_windows(train_seqs, cfg.train_window or cfg.max_len)
     lengths = np.array([w[2] for w in windows])
     for batch in length_batches(lengths, cfg.batch_size, rng):
 
