@@ -125,11 +125,18 @@ def _unpack(row) -> UserState:
 
 
 class SQLiteStore:
-    """Durable store in one SQLite file (WAL). One connection, guarded by a lock."""
+    """Durable store in one SQLite file (WAL). One writer connection, guarded by a lock.
+
+    Reads go through a bounded write-through LRU (`cache_users` states): a state enters it only
+    once it is committed (or read back), so the cache never holds anything SQLite does not.
+    WAL checkpoints run on a second connection in a background thread (`wal_autocheckpoint`
+    is off on the writer), so a commit only appends to the log and never pays a checkpoint.
+    """
 
     kind = "sqlite"
+    CHECKPOINT_BYTES = 4 << 20  # wake the checkpointer after about this much was written
 
-    def __init__(self, path: str | Path, durability: str = "normal"):
+    def __init__(self, path: str | Path, durability: str = "normal", cache_users: int = 100_000):
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
         self.path = Path(path)
@@ -141,6 +148,45 @@ class SQLiteStore:
         self._db.execute(f"PRAGMA synchronous={durability.upper()}")
         self._db.execute(_SCHEMA)
         self._count = self._db.execute("SELECT COUNT(*) FROM user_state").fetchone()[0]
+        self._cache: OrderedDict[str, UserState] = OrderedDict()
+        self._cache_cap = max(0, int(cache_users))
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._written = 0
+        self._ckpt_wake = threading.Event()
+        self._ckpt_stop = False
+        self._ckpt_conn = sqlite3.connect(
+            str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._ckpt_conn.execute(f"PRAGMA synchronous={durability.upper()}")
+        self.checkpoints = 0
+        self._ckpt = threading.Thread(
+            target=self._checkpointer, name="sqlite-checkpoint", daemon=True
+        )
+        self._ckpt.start()
+
+    # ------------------------------------------------------------- background checkpoints
+    def _checkpointer(self) -> None:
+        while True:
+            self._ckpt_wake.wait(1.0)
+            self._ckpt_wake.clear()
+            if self._ckpt_stop:
+                return
+            try:
+                self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+            except sqlite3.Error:
+                pass  # busy or closing: the next wake retries; close() truncates anyway
+
+    def _cache_put(self, u: str, s: UserState) -> None:
+        if not self._cache_cap:
+            return
+        c = self._cache
+        c[u] = s
+        c.move_to_end(u)
+        while len(c) > self._cache_cap:
+            c.popitem(last=False)
 
     def get_many(self, users: list[str]) -> dict[str, UserState]:
         out: dict[str, UserState] = {}
@@ -148,32 +194,46 @@ class SQLiteStore:
             return out
         uniq = list(dict.fromkeys(users))
         with self._lock:
-            for i in range(0, len(uniq), 500):
-                part = uniq[i : i + 500]
+            c = self._cache
+            miss = []
+            for u in uniq:
+                s = c.get(u)
+                if s is None:
+                    miss.append(u)
+                else:
+                    c.move_to_end(u)
+                    out[u] = s
+            self.cache_hits += len(uniq) - len(miss)
+            self.cache_misses += len(miss)
+            for i in range(0, len(miss), 500):
+                part = miss[i : i + 500]
                 q = (
                     "SELECT user, cell, seq, n, state, recent, top_items, top_scores "
                     f"FROM user_state WHERE user IN ({','.join('?' * len(part))})"
                 )
                 for row in self._db.execute(q, part):
-                    out[row[0]] = _unpack(row[1:])
+                    s = _unpack(row[1:])
+                    out[row[0]] = s
+                    self._cache_put(row[0], s)
         return out
 
     def put_many(self, states: dict[str, UserState]) -> None:
         if not states:
             return
         rows = [(u, *_pack(s)) for u, s in states.items()]
+        nbytes = sum(len(r[4]) + len(r[5]) + 200 for r in rows)
         with self._lock:
+            # users in the cache are known to be in the table; only the others are counted
+            unknown = [r[0] for r in rows if r[0] not in self._cache]
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                placeholders = ",".join("?" * len(rows))
-                before = (
-                    self._db.execute(
-                        f"SELECT COUNT(*) FROM user_state WHERE user IN ({placeholders})",
-                        [r[0] for r in rows],
+                before = 0
+                for i in range(0, len(unknown), 500):
+                    part = unknown[i : i + 500]
+                    before += self._db.execute(
+                        f"SELECT COUNT(*) FROM user_state WHERE user IN ({','.join('?' * len(part))})",
+                        part,
                     ).fetchone()[0]
-                    if len(rows) <= 900
-                    else None
-                )
                 self._db.executemany(
                     "INSERT OR REPLACE INTO user_state "
                     "(user, cell, seq, n, state, recent, top_items, top_scores) "
@@ -184,13 +244,17 @@ class SQLiteStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if before is None:
-                self._count = self._db.execute("SELECT COUNT(*) FROM user_state").fetchone()[0]
-            else:
-                self._count += len(rows) - before
+            self._count += len(unknown) - before
+            for u, s in states.items():  # only after the commit
+                self._cache_put(u, s)
+            self._written += nbytes
+            if self._written >= self.CHECKPOINT_BYTES:
+                self._written = 0
+                self._ckpt_wake.set()
 
     def delete(self, user: str) -> bool:
         with self._lock:
+            self._cache.pop(user, None)
             cur = self._db.execute("DELETE FROM user_state WHERE user = ?", (user,))
             gone = cur.rowcount > 0
             self._count -= int(gone)
@@ -204,8 +268,12 @@ class SQLiteStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        self._ckpt_stop = True
+        self._ckpt_wake.set()
+        self._ckpt.join(30)
         with self._lock:
             try:
+                self._ckpt_conn.close()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
