@@ -21,9 +21,9 @@ recblr evaluate model.pt
 echo "== 3. export the per-step cell, checked against the PyTorch model"
 recblr-export model.pt -o cell.onnx --top-k 20 --verify
 
-echo "== 4. serve it and stream a user's events"
+echo "== 4. serve it (never recommending the last 20 items seen) and stream a new user's events"
 rm -f state.db state.db-wal state.db-shm
-recblr-serve --onnx cell.onnx --port 0 --state state.db >serve.log 2>&1 &
+recblr-serve --onnx cell.onnx --port 0 --state state.db --exclude-seen 20 >serve.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 1 200); do
