@@ -46,7 +46,14 @@ class MicroBatcher:
         self._q: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
         self._held: _Job | None = None
+        self._wake: asyncio.Future | None = None  # set while the worker waits to fill a batch
         self.inflight = 0
+
+    def _put(self, job: _Job | None) -> None:
+        self._q.put_nowait(job)
+        w = self._wake
+        if w is not None and not w.done():
+            w.set_result(None)
 
     async def start(self) -> None:
         self._q = asyncio.Queue()
@@ -56,14 +63,14 @@ class MicroBatcher:
         """Finish everything queued, then stop."""
         if self._task is None:
             return
-        await self._q.put(None)
+        self._put(None)
         await self._task
         self._task = None
 
     def submit_nowait(self, events: list[Event]) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         self.inflight += len(events)
-        self._q.put_nowait(_Job(events=events, fut=fut))
+        self._put(_Job(events=events, fut=fut))
         return fut
 
     async def submit(self, events: list[Event]) -> list:
@@ -71,7 +78,7 @@ class MicroBatcher:
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         fut = asyncio.get_running_loop().create_future()
-        self._q.put_nowait(_Job(fn=fn, fut=fut))
+        self._put(_Job(fn=fn, fut=fut))
         return await fut
 
     async def _next(self, timeout: float | None) -> _Job | None | bool:
@@ -89,7 +96,20 @@ class MicroBatcher:
         except asyncio.TimeoutError:
             return False
 
+    async def _fill_wait(self, deadline: float) -> None:
+        """Wait until a job is queued or the loop time reaches `deadline` (one timer per
+        batch, not a task and a timer per queued request)."""
+        loop = asyncio.get_running_loop()
+        fut = self._wake = loop.create_future()
+        h = loop.call_at(deadline, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            h.cancel()
+            self._wake = None
+
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             first = await self._next(None)
@@ -100,12 +120,15 @@ class MicroBatcher:
                 continue
             jobs = [first]
             n = len(first.events)
-            deadline = time.monotonic() + self.max_wait
+            deadline = loop.time() + self.max_wait
             while n < self.max_batch:
-                idle = self.more_coming is not None and self.more_coming() == 0
-                j = await self._next(0 if idle else deadline - time.monotonic())
-                if j is False:
-                    break
+                if self._held is None and self._q.empty():
+                    idle = self.more_coming is not None and self.more_coming() == 0
+                    if idle or loop.time() >= deadline:
+                        break
+                    await self._fill_wait(deadline)
+                    continue
+                j = await self._next(0)
                 if j is None:
                     stopping = True
                     break
