@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -206,20 +205,10 @@ def main() -> None:
         "int8_top10_agreement_ge_0.95": var["int8"]["top10_agreement_vs_fp32"] >= 0.95,
         "fp16_top10_agreement_ge_0.95": var["fp16"]["top10_agreement_vs_fp32"] >= 0.95,
     }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from _common import provenance
+
+    prov = provenance()
+    commit, cpu = prov["git_commit"], prov["cpu"]
     import os
 
     result = {

@@ -12,10 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recblr.kernels.reference import bd_lru_gates
 from recblr.model import RecBLR
-
-# Inside the square root of b = sqrt(1 - a^2 + EPS) * i (same constant as the scan kernels).
-EPS = 1e-8
 
 
 class RecBLRCell(nn.Module):
@@ -60,8 +58,7 @@ class RecBLRCell(nn.Module):
             conv = rec.conv_bias + (tail * w[:, : k - 1].t()).sum(dim=1) + x * w[:, k - 1]
             xc = F.silu(conv)
             r_pre, i_pre = rec.lru.gate_proj(xc).chunk(2, dim=-1)
-            a = torch.exp(-F.softplus(rec.lru.lam) * torch.sigmoid(r_pre))
-            b = torch.sqrt(1 - a * a + EPS) * torch.sigmoid(i_pre)
+            a, b = bd_lru_gates(r_pre, i_pre, rec.lru.lam)
             h_new = a * h_prev + b * xc
             out = rec.out_proj(h_new * F.silu(z))
             h = layer.norm(out + h)
