@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from recblr.errors import RecblrError
 from recblr.kernels import cpu as _cpu
 from recblr.kernels import reference as _reference
 
@@ -30,7 +31,7 @@ ENV_VAR = "RECBLR_SCAN_BACKEND"
 BACKENDS = ("reference", "cpu", "triton")
 
 
-class ScanBackendError(ValueError):
+class ScanBackendError(RecblrError, ValueError):
     """A scan backend was asked for that does not exist or cannot run on these tensors."""
 
 

@@ -62,3 +62,12 @@ def test_fetch_from_a_bad_wheel_is_a_clear_error(tmp_path: Path):
     r = subprocess.run([sys.executable, "-m", "recblr", "data", "fetch", "ml-100k", "--wheel", str(wheel), "--force"],
                        capture_output=True, text=True, env={**__import__("os").environ, "RECBLR_CACHE_DIR": str(tmp_path / "c")})
     assert r.returncode == 2 and "not a recbole 1.2.1 wheel" in r.stderr
+
+
+def test_unavailable_scan_backend_is_a_clear_error(small_inter: Path):
+    import os
+
+    env = {**os.environ, "RECBLR_SCAN_BACKEND": "warp-drive"}
+    r = subprocess.run([sys.executable, "-m", "recblr", "train", "--data", str(small_inter), "--epochs", "1",
+                        "--out", str(small_inter.parent / "m.pt")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "RECBLR_SCAN_BACKEND" in r.stderr and "Traceback" not in r.stderr
