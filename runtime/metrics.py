@@ -39,6 +39,7 @@ class Metrics:
         self.help: dict[str, tuple[str, str]] = {}
         self.hists: dict[tuple[str, tuple], Histogram] = {}
         self.hist_buckets: dict[str, tuple] = {}
+        self._req_keys: dict[tuple[str, int], tuple] = {}
 
     def describe(self, name: str, kind: str, text: str, buckets=None) -> None:
         self.help[name] = (kind, text)
@@ -49,6 +50,25 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self.counters[key] = self.counters.get(key, 0.0) + value
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        """`recblr_requests_total` += 1 and one `recblr_request_latency_seconds` observation
+        under one lock, with the label keys built once per (endpoint, status)."""
+        keys = self._req_keys.get((endpoint, status))
+        if keys is None:
+            keys = self._req_keys[(endpoint, status)] = (
+                ("recblr_requests_total", (("endpoint", endpoint), ("status", str(status)))),
+                ("recblr_request_latency_seconds", (("endpoint", endpoint),)),
+            )
+        ck, hk = keys
+        with self._lock:
+            self.counters[ck] = self.counters.get(ck, 0.0) + 1.0
+            h = self.hists.get(hk)
+            if h is None:
+                h = self.hists[hk] = Histogram(
+                    self.hist_buckets.get("recblr_request_latency_seconds", LATENCY_BUCKETS)
+                )
+            h.observe(seconds)
 
     def set(self, name: str, value: float, **labels) -> None:
         key = (name, tuple(sorted(labels.items())))

@@ -398,9 +398,12 @@ class StreamEndpoint:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+# byte-for-byte what starlette's JSONResponse renders (one encoder, not one per call)
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def _json_bytes(obj) -> bytes:
-    # byte-for-byte what starlette's JSONResponse renders
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return _ENCODE(obj).encode()
 
 
 class FastEvents:
@@ -460,10 +463,7 @@ class FastEvents:
             raise  # the server logs it, as Starlette's ServerErrorMiddleware does
         finally:
             on_queued()
-            app.metrics.inc("recblr_requests_total", endpoint="events", status=str(status))
-            app.metrics.observe(
-                "recblr_request_latency_seconds", time.perf_counter() - t0, endpoint="events"
-            )
+            app.metrics.request_done("events", status, time.perf_counter() - t0)
 
     async def _events(self, scope, receive, on_queued):
         app = self.app
