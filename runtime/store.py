@@ -99,6 +99,16 @@ CREATE TABLE IF NOT EXISTS user_state (
 """
 
 
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _insert_sql(n: int) -> str:
+    return (
+        "INSERT OR REPLACE INTO user_state "
+        "(user, cell, seq, n, state, recent, top_items, top_scores) VALUES " + ", ".join([_ROW] * n)
+    )
+
+
 def _pack(s: UserState) -> tuple:
     return (
         s.cell,
@@ -134,6 +144,7 @@ class SQLiteStore:
     """
 
     kind = "sqlite"
+    ROWS_PER_STATEMENT = 256  # 8 parameters a row: well under SQLite's 32766
     CHECKPOINT_BYTES = 4 << 20  # wake the checkpointer after about this much was written
 
     def __init__(self, path: str | Path, durability: str = "normal", cache_users: int = 100_000):
@@ -225,25 +236,13 @@ class SQLiteStore:
         with self._lock:
             # users in the cache are known to be in the table; only the others are counted
             unknown = [r[0] for r in rows if r[0] not in self._cache]
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            if not unknown and len(rows) <= self.ROWS_PER_STATEMENT:
+                # one multi-row statement is one atomic autocommit transaction, and one
+                # sqlite3_step: the GIL is dropped and retaken once per batch, not per row
+                self._db.execute(_insert_sql(len(rows)), [v for r in rows for v in r])
                 before = 0
-                for i in range(0, len(unknown), 500):
-                    part = unknown[i : i + 500]
-                    before += self._db.execute(
-                        f"SELECT COUNT(*) FROM user_state WHERE user IN ({','.join('?' * len(part))})",
-                        part,
-                    ).fetchone()[0]
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO user_state "
-                    "(user, cell, seq, n, state, recent, top_items, top_scores) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            else:
+                before = self._put_txn(rows, unknown)
             self._count += len(unknown) - before
             for u, s in states.items():  # only after the commit
                 self._cache_put(u, s)
@@ -251,6 +250,28 @@ class SQLiteStore:
             if self._written >= self.CHECKPOINT_BYTES:
                 self._written = 0
                 self._ckpt_wake.set()
+
+    def _put_txn(self, rows: list[tuple], unknown: list[str]) -> int:
+        """Write `rows` in one explicit transaction; returns how many `unknown` users were
+        already in the table."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            before = 0
+            for i in range(0, len(unknown), 500):
+                part = unknown[i : i + 500]
+                before += self._db.execute(
+                    f"SELECT COUNT(*) FROM user_state WHERE user IN ({','.join('?' * len(part))})",
+                    part,
+                ).fetchone()[0]
+            n = self.ROWS_PER_STATEMENT
+            for i in range(0, len(rows), n):
+                part = rows[i : i + n]
+                self._db.execute(_insert_sql(len(part)), [v for r in part for v in r])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return before
 
     def delete(self, user: str) -> bool:
         with self._lock:
