@@ -109,15 +109,26 @@ def _insert_sql(n: int) -> str:
     )
 
 
+def _raw(a, dtype) -> bytes:
+    """The array's bytes as `dtype`, without a conversion when it already is one."""
+    if isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous:
+        return a.tobytes()
+    return np.ascontiguousarray(a, dtype=dtype).tobytes()
+
+
+_I64 = np.dtype(np.int64)
+_F32 = np.dtype(np.float32)
+
+
 def _pack(s: UserState) -> tuple:
     return (
         s.cell,
         s.seq,
         s.n,
-        np.ascontiguousarray(s.state, dtype=np.float32).tobytes(),
-        np.asarray(s.recent, dtype=np.int64).tobytes(),
-        None if s.top_items is None else np.asarray(s.top_items, np.int64).tobytes(),
-        None if s.top_scores is None else np.asarray(s.top_scores, np.float32).tobytes(),
+        _raw(s.state, _F32),
+        np.asarray(s.recent, dtype=_I64).tobytes() if s.recent else b"",
+        None if s.top_items is None else _raw(s.top_items, _I64),
+        None if s.top_scores is None else _raw(s.top_scores, _F32),
     )
 
 
