@@ -157,6 +157,7 @@ class SQLiteStore:
     kind = "sqlite"
     ROWS_PER_STATEMENT = 256  # 8 parameters a row: well under SQLite's 32766
     CHECKPOINT_BYTES = 4 << 20  # wake the checkpointer after about this much was written
+    WAL_RESET_BYTES = 16 << 20  # the writer completes a checkpoint after about this much
 
     def __init__(self, path: str | Path, durability: str = "normal", cache_users: int = 100_000):
         if durability not in ("normal", "full"):
@@ -175,7 +176,9 @@ class SQLiteStore:
         self.cache_hits = 0
         self.cache_misses = 0
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA journal_size_limit={self.WAL_RESET_BYTES * 2}")
         self._written = 0
+        self._since_reset = 0
         self._ckpt_wake = threading.Event()
         self._ckpt_stop = False
         self._ckpt_conn = sqlite3.connect(
@@ -261,6 +264,18 @@ class SQLiteStore:
             if self._written >= self.CHECKPOINT_BYTES:
                 self._written = 0
                 self._ckpt_wake.set()
+            self._since_reset += nbytes
+            if self._since_reset >= self.WAL_RESET_BYTES:
+                self._finish_checkpoint()
+
+    def _finish_checkpoint(self) -> None:
+        """Under the writer lock: backfill what the background checkpoints have not yet (they
+        race with the writer and so never quite catch up), so that the next write restarts
+        the log from its start. Cheap: the background thread already copied nearly all of it.
+        """
+        busy, log, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if not busy and log == done:
+            self._since_reset = 0
 
     def _put_txn(self, rows: list[tuple], unknown: list[str]) -> int:
         """Write `rows` in one explicit transaction; returns how many `unknown` users were
