@@ -259,7 +259,15 @@ def main() -> None:
         return next(r["events_per_s"] for r in runs if r["server"] == server and r["clients"] == c)
 
     top = max(clients)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
     res = {
+        "git_commit": commit,
+        "command": " ".join(["python", *sys.argv]),
         "machine": {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "gpu": "none"},
         "model": ModelConfig(n_items=N_ITEMS).to_dict(),
         "k": K,
