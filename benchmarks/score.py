@@ -86,7 +86,10 @@ def main() -> None:
     agree = float(np.mean([(a[i] == b[i]).all() for i in range(n_users)]))
     t_cell = best_of(run_cell, args.repeats)
     t_torch = best_of(run_torch, args.repeats)
+    from _common import provenance
+
     res = {
+        **provenance(),
         "dataset": "ml-100k (all users, full histories)",
         "users": n_users,
         "events": n_events,
