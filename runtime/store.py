@@ -180,6 +180,8 @@ class SQLiteStore:
         self._written = 0
         self._since_reset = 0
         self._ckpt_wake = threading.Event()
+        # Serialises the two checkpointers: SQLite answers BUSY to a second concurrent one.
+        self._ckpt_lock = threading.Lock()
         self._ckpt_stop = False
         self._ckpt_conn = sqlite3.connect(
             str(self.path), check_same_thread=False, isolation_level=None, timeout=30
@@ -199,7 +201,8 @@ class SQLiteStore:
             if self._ckpt_stop:
                 return
             try:
-                self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._ckpt_lock:
+                    self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 self.checkpoints += 1
             except sqlite3.Error:
                 pass  # busy or closing: the next wake retries; close() truncates anyway
@@ -273,7 +276,11 @@ class SQLiteStore:
         race with the writer and so never quite catch up), so that the next write restarts
         the log from its start. Cheap: the background thread already copied nearly all of it.
         """
-        busy, log, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        with self._ckpt_lock:  # wait for a background checkpoint in flight instead of racing it
+            try:
+                busy, log, done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error:
+                return  # the write itself is committed; the next batch tries again
         if not busy and log == done:
             self._since_reset = 0
 
