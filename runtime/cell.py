@@ -34,7 +34,7 @@ class CellInfo:
     """What the runtime knows about a cell: its metadata and a hash of the file."""
 
     path: Path
-    sha256: str  # of the ONNX file's bytes: identifies states made by this cell
+    sha256: str  # of the ONNX file's bytes (shown as the cell's id; states use state_key)
     weights_sha256: str
     config: dict
     state_size: int
@@ -49,6 +49,22 @@ class CellInfo:
     @property
     def short_hash(self) -> str:
         return self.sha256[:16]
+
+    @property
+    def state_key(self) -> str:
+        """Identifies the states this cell makes and reads: a stored state made under another
+        key is reset. A hash of what determines a state -- the weights (the file's hash when
+        the cell lacks `recblr.weights_sha256`), the state size, the model config and the item
+        vocabulary (states hold internal item ids) -- not of the file's bytes, so a re-export
+        that leaves `recblr.weights_sha256` unchanged keeps every user's state."""
+        ident = {
+            "weights": self.weights_sha256 or ("file:" + self.sha256),
+            "state_size": self.state_size,
+            "config": self.config,
+            "items": self.items,
+        }
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:

@@ -112,6 +112,7 @@ class Engine:
         self._vocab = np.array(info.items, dtype=object)
         self._index = {ext: i for i, ext in enumerate(info.items) if i > 0}
         self._x = max(exclude_seen, 1)
+        self._state_key = info.state_key
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -129,6 +130,11 @@ class Engine:
     @property
     def cell_hash(self) -> str:
         return self.info.sha256
+
+    @property
+    def state_key(self) -> str:
+        """What a stored state must carry to be used by this cell (see CellInfo.state_key)."""
+        return self._state_key
 
     def item_index(self, item: str) -> int | None:
         return self._index.get(item)
@@ -182,14 +188,14 @@ class Engine:
         got = self.store.get_many(users)
         fresh = {}
         for u, s in got.items():
-            if s.cell != self.cell_hash or s.state.shape != (self.state_size,):
-                self.stats.stale_states_reset += 1  # made by another cell: never fed to this one
+            if s.cell != self._state_key or s.state.shape != (self.state_size,):
+                self.stats.stale_states_reset += 1  # made by other weights: never fed to this cell
                 continue
             fresh[u] = s
         return fresh
 
     def _empty(self) -> UserState:
-        return UserState(cell=self.cell_hash, state=np.zeros(self.state_size, np.float32))
+        return UserState(cell=self._state_key, state=np.zeros(self.state_size, np.float32))
 
     # ----------------------------------------------------------------- streaming API
     def apply(self, events: Sequence[Event], k: int | None = None) -> list[Recs | Exception]:
@@ -245,7 +251,7 @@ class Engine:
                 # the answers of the whole wave in two vectorized conversions
                 rec_items = self._vocab[ti[:, :k]].tolist()
                 rec_scores = ts[:, :k].tolist()
-                cell = self.cell_hash
+                cell = self._state_key
                 for r, (i, _idx, st) in enumerate(rows):
                     e = events[i]
                     new = UserState(
@@ -308,7 +314,7 @@ class Engine:
         if idx:
             state, ti, ts = self.encode_histories([idx])
             st = UserState(
-                cell=self.cell_hash,
+                cell=self._state_key,
                 state=state[0],
                 seq=seq,
                 n=len(idx),

@@ -21,7 +21,7 @@ import numpy as np
 
 @dataclass
 class UserState:
-    cell: str  # sha256 of the cell that produced `state`
+    cell: str  # state key of the cell that produced `state` (CellInfo.state_key)
     state: np.ndarray  # float32 [S]
     seq: int | None = None  # the newest applied client sequence number, if clients send one
     n: int = 0  # events applied
