@@ -12,10 +12,12 @@ users of the chunk in it; all but the last position through the state-only graph
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -129,8 +131,9 @@ def read_interactions(
     )
     if ui is None or ii is None:
         raise ScoreInputError(
-            f"cannot find user and item columns in {header}; name them with --columns "
-            "(headerless) or --user-col/--item-col"
+            f"cannot find user and item columns in {header} (fields split on {sep!r}); name the "
+            "fields of a headerless file with --columns (e.g. --columns user,item,rating,timestamp)"
+            " and set the field separator with --sep"
         )
     seen: set[str] = set()
     cur: str | None = None
@@ -199,7 +202,10 @@ def open_histories(
     fmt = detect_format(p) if fmt == "auto" else fmt
     if fmt not in ("jsonl", "csv", "tsv"):
         raise ScoreInputError(f"unknown input format {fmt!r}: use jsonl, csv or tsv")
-    raw = open(p, "rb")
+    try:
+        raw = open(p, "rb")
+    except OSError as e:
+        raise ScoreInputError(f"{p}: cannot read input ({e.strerror})") from None
 
     class Tap(io.RawIOBase):
         def readable(self):
@@ -218,13 +224,26 @@ def open_histories(
         else:
             s = sep if sep is not None else ("," if fmt == "csv" else "\t")
             yield from read_interactions(f, s, columns, user_col, item_col, time_col)
+    except UnicodeDecodeError as e:
+        raise ScoreInputError(
+            f"{p}: not UTF-8 text (cannot decode byte 0x{e.object[e.start]:02x}); convert it "
+            "to UTF-8, e.g. with iconv -f latin1 -t utf-8"
+        ) from None
+    except csv.Error as e:
+        raise ScoreInputError(f"{p}: cannot parse as {fmt} ({e})") from None
+    except OSError as e:
+        raise ScoreInputError(f"{p}: cannot read input ({e.strerror or e})") from None
     finally:
         f.close()
         raw.close()
 
 
 class Writer:
-    """jsonl: {"user","items","scores"} per user; csv: user,rank,item,score rows."""
+    """jsonl: {"user","items","scores"} per user; csv: user,rank,item,score rows.
+
+    Writes to a temporary file next to `path`; `close()` renames it onto `path`, `abort()`
+    removes it, so a failed run leaves a previous output untouched.
+    """
 
     def __init__(self, path: str | os.PathLike, fmt: str = "auto"):
         p = Path(path)
@@ -235,10 +254,17 @@ class Writer:
         )
         if self.fmt not in ("jsonl", "csv"):
             raise ScoreInputError(f"unknown output format {fmt!r}: use jsonl or csv")
+        self.path = p
         try:
-            self.f = open(p, "w", encoding="utf-8", newline="")
+            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
         except OSError as e:
             raise ScoreInputError(f"{p}: cannot write output ({e.strerror})") from None
+        self.tmp = Path(tmp)
+        try:
+            os.chmod(fd, _output_mode(p))
+        except OSError:  # pragma: no cover - e.g. a filesystem without modes
+            pass
+        self.f = open(fd, "w", encoding="utf-8", newline="")
         if self.fmt == "csv":
             self.w = csv.writer(self.f)
             self.w.writerow(["user", "rank", "item", "score"])
@@ -251,7 +277,29 @@ class Writer:
                 self.w.writerow([user, r, i, f"{s:.6g}"])
 
     def close(self) -> None:
+        """Finish: the output replaces `path` (atomically)."""
         self.f.close()
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise ScoreInputError(f"{self.path}: cannot write output ({e.strerror})") from None
+
+    def abort(self) -> None:
+        """Give up: remove the temporary file; `path` is left as it was."""
+        self.f.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+def _output_mode(p: Path) -> int:
+    """The mode a plain open(p, "w") would give: the existing file's, else 0o666 less umask."""
+    try:
+        return p.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 # ----------------------------------------------------------------------------- pandas
@@ -340,8 +388,10 @@ def score_file(
                 if n % 256 == 0:
                     prog.update(task, users=n)
             prog.update(task, users=n)
-        finally:
-            w.close()
+        except BaseException:
+            w.abort()
+            raise
+        w.close()
     return n
 
 

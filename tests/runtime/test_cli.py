@@ -195,3 +195,22 @@ def test_score_pandas(cell, replay_fn):
     assert list(out["user"]) == ["a", "b", "a"]
     assert list(out["items"].iloc[0]) == replay_fn(cell, ["1001", "1002"])[1][:4]
     assert list(out["items"].iloc[1]) == replay_fn(cell, ["1003"])[1][:4]  # unknown skipped
+
+
+def test_score_bad_input_is_one_line_and_keeps_the_previous_output(cell, tmp_path):
+    out = tmp_path / "recs.jsonl"
+    out.write_text("previous\n")
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes('{"user": "u", "items": ["1001"]}\n{"user": "Jos\xe9"}\n'.encode("latin-1"))
+    p = run(SCORE, "--onnx", cell, "-i", bad, "-o", out)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("recblr score: error:") and "not UTF-8" in lines[0]
+    assert out.read_text() == "previous\n"  # not truncated by the failed run
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["latin1.jsonl", "recs.jsonl"]
+    # a CSV whose columns cannot be found: the message names the flags score really has
+    csvf = tmp_path / "x.csv"
+    csvf.write_text("a;b;c\n1;1001;5\n")
+    p = run(SCORE, "--onnx", cell, "-i", csvf, "-o", out, "--columns", "a,b,c")
+    assert p.returncode == 2 and "--columns" in p.stderr and "--sep" in p.stderr, p.stderr
+    assert "--user-col" not in p.stderr and out.read_text() == "previous\n"
