@@ -6,8 +6,8 @@ The same code serves three callers:
 - `score_pandas` (an iterator of pandas DataFrames -> iterator of DataFrames), which is the
   function signature Spark `mapInPandas`, Ray `map_batches` and Dask `map_partitions` expect.
 
-Histories of a chunk are stepped through the cell together (one ORT call per position, all
-users of the chunk in it; all but the last position through the state-only graph).
+Histories of a chunk are stepped through the cell together: one ORT call of the full cell
+per position, holding every user of the chunk whose history is still that long.
 """
 
 from __future__ import annotations
