@@ -40,6 +40,9 @@ class Providers(str, Enum):
     cuda = "cuda"
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
 def _fail(prog: str, e: Exception) -> typer.Exit:
     msg = " ".join(str(e).split()) or type(e).__name__
     print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
@@ -74,41 +77,61 @@ def serve(
     max_body_bytes: int = typer.Option(1 << 20, help="largest request body / NDJSON line"),
     max_history: int = typer.Option(10_000, help="longest history a PUT may send"),
     stdin: bool = typer.Option(False, "--stdin", help="pipe mode: NDJSON events in, recs out"),
-    log_level: str = typer.Option("warning", help="uvicorn log level"),
+    log_level: str = typer.Option("warning", help="uvicorn log level: " + ", ".join(LOG_LEVELS)),
 ) -> None:
     """Serve incremental recommendations from an exported RecBLR cell."""
     prog = "recblr-serve"
-    try:
-        from recblr.runtime.engine import Engine
-        from recblr.runtime.store import open_store
+    if not 0 <= port <= 65535:
+        raise _fail(prog, ValueError(f"--port {port}: must be in 0..65535 (0 = any free port)"))
+    if log_level.lower() not in LOG_LEVELS:
+        raise _fail(
+            prog, ValueError(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+        )
+    from recblr.runtime.engine import Engine
+    from recblr.runtime.store import open_store
 
+    try:
         st = open_store(
             "memory" if store == StoreKind.memory else str(state),
             durability=durability.value,
             capacity=memory_users,
         )
-        engine = Engine(
-            onnx,
-            providers=providers.value,
-            store=st,
-            exclude_seen=exclude_seen,
-            unknown_items=unknown_items.value,
-            threads=threads or None,
-        )
     except RecblrError as e:
         raise _fail(prog, e) from None
     except Exception as e:  # e.g. the state file's folder is missing
-        raise _fail(prog, e) from None
-    if stdin:
-        try:
-            run_stdin(engine, max_batch=max_batch)
-        finally:
-            engine.close()
-        return
+        why = f"folder {state.parent} does not exist" if not state.parent.is_dir() else str(e)
+        msg = f"--state {state}: cannot open the state store ({why})"
+        raise _fail(prog, ValueError(msg)) from None
     try:
-        run_http(engine, host, port, max_batch, max_wait_ms, max_body_bytes, max_history, log_level)
-    except OSError as e:
-        raise _fail(prog, e) from None
+        try:
+            engine = Engine(
+                onnx,
+                providers=providers.value,
+                store=st,
+                exclude_seen=exclude_seen,
+                unknown_items=unknown_items.value,
+                threads=threads or None,
+            )
+        except Exception as e:
+            raise _fail(prog, e) from None
+        if stdin:
+            run_stdin(engine, max_batch=max_batch)
+            return
+        try:
+            run_http(
+                engine,
+                host,
+                port,
+                max_batch,
+                max_wait_ms,
+                max_body_bytes,
+                max_history,
+                log_level.lower(),
+            )
+        except OSError as e:  # e.g. the port is taken, or the host cannot be bound
+            raise _fail(prog, ValueError(f"cannot listen on {host}:{port}: {e}")) from None
+    finally:
+        st.close()  # idempotent: the server's shutdown may have closed it already
 
 
 def run_http(

@@ -183,6 +183,7 @@ class SQLiteStore:
         # Serialises the two checkpointers: SQLite answers BUSY to a second concurrent one.
         self._ckpt_lock = threading.Lock()
         self._ckpt_stop = False
+        self._closed = False
         self._ckpt_conn = sqlite3.connect(
             str(self.path), check_same_thread=False, isolation_level=None, timeout=30
         )
@@ -322,6 +323,10 @@ class SQLiteStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        """Checkpoint and close; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._ckpt_stop = True
         self._ckpt_wake.set()
         self._ckpt.join(30)

@@ -214,3 +214,38 @@ def test_score_bad_input_is_one_line_and_keeps_the_previous_output(cell, tmp_pat
     p = run(SCORE, "--onnx", cell, "-i", csvf, "-o", out, "--columns", "a,b,c")
     assert p.returncode == 2 and "--columns" in p.stderr and "--sep" in p.stderr, p.stderr
     assert "--user-col" not in p.stderr and out.read_text() == "previous\n"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--port", "99999"], "--port 99999: must be in 0..65535"),
+        (["--log-level", "nonsense"], "--log-level 'nonsense': use one of critical"),
+        (["--state", "{tmp}/no/such/dir/s.db"], "--state {tmp}/no/such/dir/s.db: cannot open"),
+    ],
+)
+def test_serve_startup_errors_are_one_line(cell, tmp_path, args, needle):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--state" not in args:
+        args += ["--state", str(tmp_path / "s.db")]
+    p = run(SERVE, "--onnx", cell, *args)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("recblr-serve: error:") and needle.format(tmp=tmp_path) in lines[0]
+
+
+def test_serve_bind_failure_closes_the_store(cell, tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        db = tmp_path / "s.db"
+        p = run(SERVE, "--onnx", cell, "--port", port, "--state", db)
+    finally:
+        taken.close()
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], p.stderr
+    assert db.exists() and not Path(str(db) + "-wal").exists()  # closed: WAL checkpointed away
