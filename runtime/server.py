@@ -7,7 +7,11 @@ DELETE /v1/users/{user}
 POST   /v1/stream                       NDJSON events in, one NDJSON line out per event
 GET    /healthz
 GET    /metrics                         Prometheus text
-Every error is JSON: {"error": message, "code": short_code} with a 4xx status.
+A request's error is JSON, {"error": message, "code": short_code}, with the error's status:
+400 malformed JSON, 404 unknown user or path, 405 method, 413 too large, 422 invalid content
+or unknown item (RuntimeUserError.status; a CellError would be 500). An unexpected exception
+is a plain-text 500. On /v1/stream an error is a line {"line", "error", "code"} in the 200
+response.
 """
 
 from __future__ import annotations
@@ -127,6 +131,10 @@ def events_of(body, app: App) -> list[Event] | None:
     return evs
 
 
+async def _served_by_front(request: Request) -> Response:  # pragma: no cover - never routed
+    raise RuntimeError("POST /v1/events is answered by FastEvents")
+
+
 class App:
     def __init__(self, engine: Engine, settings: ServerSettings | None = None):
         self.engine = engine
@@ -152,10 +160,11 @@ class App:
             on_batch=self._on_batch,
             more_coming=lambda: self.reading,
         )
-        self.reading = 0  # /v1/events requests between arrival and queueing
+        self.reading = 0  # /v1/events requests between arrival and queueing (FastEvents)
         self.ready = False
         routes = [
-            Route("/v1/events", self.events, methods=["POST"]),
+            # answered by FastEvents; listed so that another method gets 405, not 404
+            Route("/v1/events", _served_by_front, methods=["POST"]),
             Route("/v1/users/{user}/recommendations", self.recommendations, methods=["GET"]),
             Route("/v1/users/{user}/history", self.history, methods=["PUT"]),
             Route("/v1/users/{user}", self.delete_user, methods=["DELETE"]),
@@ -204,34 +213,7 @@ class App:
         return resp
 
     # ----------------------------------------------------------------- endpoints
-    async def events(self, request: Request) -> Response:
-        self.reading += 1
-        request.state.reading = True
-        try:
-            return await self._timed("events", self._events, request)
-        finally:
-            self._queued(request)
-
-    def _queued(self, request: Request) -> None:
-        if getattr(request.state, "reading", False):
-            request.state.reading = False
-            self.reading -= 1
-
-    async def _events(self, request: Request) -> Response:
-        k = parse_k(request, self.engine)
-        body = parse_json(await read_body(request, self.settings.max_body_bytes))
-        evs = events_of(body, self)
-        if evs is None:
-            ev = parse_event(body, self.engine)
-            self._queued(request)
-            (res,) = await self.batcher.submit([ev])
-            return JSONResponse(_out(res, k))
-        if not evs:
-            return JSONResponse({"results": []})
-        self._queued(request)
-        res = await self.batcher.submit(evs)
-        return JSONResponse({"results": [_out(r, k) for r in res]})
-
+    # POST /v1/events is served by FastEvents (below), in front of this Starlette app.
     async def recommendations(self, request: Request) -> Response:
         async def run(request):
             user = check_user(request.path_params["user"])

@@ -74,6 +74,7 @@ def test_endpoints_and_bad_input(cell, start_server, replay_fn):
             (c.put("/v1/users/9/history", json={"items": ["1001", "nope"]}), 422, "unknown item"),
             (c.put("/v1/users/9/history", json={"x": 1}), 422, "items"),
             (c.get("/v1/nothing"), 404, "Not Found"),
+            (c.get("/v1/events"), 405, "Method Not Allowed"),
         ]
         for r, code, text in bad:
             assert r.status_code == code, (r.status_code, r.text, text)
