@@ -4,6 +4,8 @@ from recblr.export.cell import RecBLRCell
 from recblr.export.onnx_export import (
     DEFAULT_OPSET,
     DEFAULT_TOP_K,
+    MAX_OPSET,
+    MIN_OPSET,
     build_cell,
     cell_metadata,
     export_cell,
@@ -13,6 +15,8 @@ from recblr.export.onnx_export import (
 __all__ = [
     "DEFAULT_OPSET",
     "DEFAULT_TOP_K",
+    "MAX_OPSET",
+    "MIN_OPSET",
     "RecBLRCell",
     "build_cell",
     "cell_metadata",

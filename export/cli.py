@@ -69,7 +69,7 @@ def export(
         None, "-o", "--output", help="Where to write the cell Default: cell.onnx next to the checkpoint."
     ),
     top_k: int = typer.Option(100, "--top-k", "-k", help="Items returned per step (capped at the catalog size)."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graph."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graph (18 to 25)."),
     fp16: bool = typer.Option(
         False, "--fp16", help="Weights and compute in float16 (state and scores stay float32)."
     ),
@@ -84,9 +84,10 @@ def export(
 ) -> None:
     """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
     from recblr.checkpoint import load_checkpoint
-    from recblr.export.onnx_export import export_cell
+    from recblr.export.onnx_export import check_opset, export_cell
     from recblr.export.verify import verify_cell
 
+    check_opset(opset)
     if top_k < 1:
         raise RecblrError(f"--top-k {top_k}: must be at least 1")
     if verify_users < 1:
@@ -119,6 +120,7 @@ def export(
                 f"({rep.swapped} tie swaps), max |score diff| {rep.max_score_diff:.2e}"
             )
 
+    # export_cell raises unless the graph imports exactly `opset` (also its recblr.opset).
     path = export_cell(ckpt, out, top_k=k, opset=opset, precision=precision, check=check)
     size = path.stat().st_size
     typer.echo(

@@ -37,6 +37,15 @@ from recblr.model import RecBLR
 from recblr.runtime import contract as C
 
 DEFAULT_OPSET = 18
+# Opsets the cell exports to, checked with torch 2.13 + onnxscript 0.7 + onnx 1.23 +
+# onnxruntime 1.31: below 18 the exporter's graph uses opset-18 operators (Split with
+# num_outputs, LayerNormalization) that the converter cannot lower (< 17 it silently keeps 18,
+# 17 gives an invalid graph); above 25 onnxscript's converter hands off to the onnx C API,
+# whose output recent onnxruntime releases do not load (27+) or fails outright (29+).
+# Capped at what the installed onnx knows. Older onnxruntime releases load fewer opsets
+# (1.18: up to 21).
+MIN_OPSET = 18
+MAX_OPSET = min(25, onnx.defs.onnx_opset_version())
 DEFAULT_TOP_K = 100
 PRECISIONS = ("fp32", "fp16", "int8")
 # Measured on ML-100K (benchmarks/cell.py): top-10 agreement with fp32 must stay >= this for a
@@ -134,15 +143,36 @@ def _contract_metadata(
 @contextlib.contextmanager
 def _quiet():
     """The exporter prints progress and warns about unrelated optional packages."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnxscript's version converter logs warnings (with tracebacks) through its own logger.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def check_opset(opset: int) -> int:
+    """`opset` if the cell can be exported to it, else RecblrError naming the supported range."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise RecblrError(
+            f"--opset {opset}: unsupported; the cell exports to ONNX opset {MIN_OPSET} to "
+            f"{MAX_OPSET} (default {DEFAULT_OPSET})"
+        )
+    return opset
+
+
+def proto_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain (ai.onnx) opset the file imports, None if it imports none."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None
 
 
 def build_cell(model: RecBLR, top_k: int, precision: str = "fp32") -> RecBLRCell:
@@ -305,7 +335,12 @@ def cell_to_proto(
     opset: int = DEFAULT_OPSET,
     precision: str = "fp32",
 ) -> onnx.ModelProto:
-    """The in-memory ONNX cell with its full metadata."""
+    """The in-memory ONNX cell with its full metadata.
+
+    Raises RecblrError when `opset` is outside MIN_OPSET..MAX_OPSET or the exported graph
+    does not import the requested opset; `recblr.opset` is read back from the graph.
+    """
+    check_opset(opset)
     was_training = model.training
     try:
         # Puts the shared modules in eval mode.
@@ -315,8 +350,14 @@ def cell_to_proto(
         model.train(was_training)
     if precision == "int8":
         proto = _quantize_int8(proto)
+    real_opset = proto_opset(proto)
+    if real_opset != opset:
+        raise RecblrError(
+            f"--opset {opset}: the exporter produced a graph with opset {real_opset} instead; "
+            f"use an opset from {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})"
+        )
     meta = _contract_metadata(
-        model.cfg.to_dict(), model.cfg.state_size, top_k, opset, list(item_ids), precision
+        model.cfg.to_dict(), model.cfg.state_size, top_k, real_opset, list(item_ids), precision
     )
     meta[C.META_WEIGHTS_SHA256] = weights_sha256(proto)
     set_metadata(proto, meta)
@@ -340,10 +381,13 @@ def export_cell(
     top_k: K of `top_items`/`top_scores` (default min(100, n_items)).
     item_ids: external id of every internal index (index 0 = padding); default the
         checkpoint's, or str(i) for a bare model.
-    precision: "fp32" or "fp16" (weights and compute in float16; state/scores stay float32).
+    opset: ONNX opset, MIN_OPSET..MAX_OPSET (default 18).
+    precision: "fp32", "fp16" (weights and compute in float16; state/scores stay float32) or
+        "int8" (dynamic quantisation of the weight matrices).
     check: called with the temporary file before it is renamed into place; raise to abort.
     Raises RecblrError for bad arguments and unwritable outputs (no partial file is left).
     """
+    check_opset(opset)
     _target_dir(Path(path))  # fail before the (slow) export
     model, items = _as_model_and_items(model_or_checkpoint, item_ids)
     if top_k is None:
