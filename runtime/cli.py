@@ -218,28 +218,19 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
     """NDJSON events on fd_in -> one recommendation line per event on stdout.
 
     Lines that are already available are applied together (up to max_batch per ORT call);
-    a bad line gets a JSON error line on stderr and the rest go on.
+    a bad line gets a JSON error line {"line", "error", "code"} on stderr -- the event parser
+    and codes of /v1/stream -- and the rest go on.
     """
-    from recblr.runtime.engine import Event, check_item, check_user
-    from recblr.runtime.errors import RuntimeUserError, UnknownItem
-    from recblr.runtime.server import parse_seq
+    from recblr.runtime.errors import RuntimeUserError
+    from recblr.runtime.server import parse_event, parse_json
 
     out = out or sys.stdout
     err = err or sys.stderr
     lineno = 0
     buf = b""
 
-    def parse(line: bytes):
-        obj = json.loads(line)
-        if not isinstance(obj, dict):
-            raise RuntimeUserError("an event must be a JSON object with 'user' and 'item'")
-        missing = [f for f in ("user", "item") if f not in obj]
-        if missing:
-            raise RuntimeUserError(f"event is missing field(s): {', '.join(missing)}")
-        ev = Event(check_user(obj["user"]), check_item(obj["item"]), parse_seq(obj.get("seq")))
-        if engine.unknown_items == "error" and engine.item_index(ev.item) is None:
-            raise UnknownItem(f"unknown item {ev.item!r}: not in the cell's vocabulary")
-        return ev
+    def error_line(n: int, e: RuntimeUserError) -> None:  # the shape /v1/stream answers
+        err.write(json.dumps({"line": n, "error": str(e), "code": e.code}) + "\n")
 
     def process(lines: list[tuple[int, bytes]]) -> None:
         for i in range(0, len(lines), max_batch):
@@ -247,15 +238,16 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
             evs, slots = [], []
             for n, line in part:
                 try:
-                    evs.append(parse(line))
+                    evs.append(parse_event(parse_json(line), engine))
                     slots.append(n)
-                except (ValueError, RuntimeUserError) as e:
-                    msg = f"malformed JSON: {e}" if not isinstance(e, RuntimeUserError) else str(e)
-                    err.write(json.dumps({"line": n, "error": msg}) + "\n")
+                except RuntimeUserError as e:
+                    error_line(n, e)
             if evs:
                 for n, r in zip(slots, engine.apply(evs), strict=False):
-                    if isinstance(r, Exception):
-                        err.write(json.dumps({"line": n, "error": str(r)}) + "\n")
+                    if isinstance(r, RuntimeUserError):
+                        error_line(n, r)
+                    elif isinstance(r, Exception):
+                        raise r
                     else:
                         out.write(json.dumps(r.to_json()) + "\n")
             out.flush()

@@ -79,6 +79,8 @@ def test_stdin_pipe_without_torch(cell, tmp_path, no_torch_env, replay_fn):
     assert out[3]["applied"] is False  # seq 1 again
     assert [e["line"] for e in err] == [2, 3, 7]
     assert "malformed JSON" in err[0]["error"] and "unknown item" in err[1]["error"]
+    # the codes /v1/stream gives the same lines (one event parser for both)
+    assert [e["code"] for e in err] == ["malformed_json", "unknown_item", "invalid"]
 
 
 def test_http_server_without_torch(cell, start_server, no_torch_env):
