@@ -28,7 +28,6 @@ from typing import Any
 
 import onnx
 import torch
-from onnx import numpy_helper
 
 from recblr import __version__
 from recblr.errors import RecblrError
@@ -95,17 +94,16 @@ def default_item_ids(n_items: int) -> list[str]:
     return [str(i) for i in range(n_items + 1)]
 
 
-def weights_sha256(model: onnx.ModelProto) -> str:
-    """Hex SHA-256 over the graph's initializers (sorted by name: name, dtype, dims, bytes).
+def weights_sha256(model: RecBLR, precision: str = "fp32") -> str:
+    """Hex SHA-256 of the trained weights (state_dict, sorted by name) and the precision.
 
-    Tensor data must be loaded (not left in external files). The runtime can recompute it
-    from a loaded model to check `recblr.weights_sha256`.
+    It identifies the recurrent state machine, not the file: re-exporting the same weights
+    with another top-K or opset keeps the hash, so the runtime keeps every user's state.
     """
-    digest = hashlib.sha256()
-    for init in sorted(model.graph.initializer, key=lambda t: t.name):
-        arr = numpy_helper.to_array(init)
-        digest.update(init.name.encode())
-        digest.update(f"|{init.data_type}|{list(init.dims)}|".encode())
+    digest = hashlib.sha256(f"precision={precision}|".encode())
+    for name, t in sorted(model.state_dict().items()):
+        arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        digest.update(f"{name}|{list(arr.shape)}|".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
 
@@ -359,7 +357,7 @@ def cell_to_proto(
     meta = _contract_metadata(
         model.cfg.to_dict(), model.cfg.state_size, top_k, real_opset, list(item_ids), precision
     )
-    meta[C.META_WEIGHTS_SHA256] = weights_sha256(proto)
+    meta[C.META_WEIGHTS_SHA256] = weights_sha256(model, precision)
     set_metadata(proto, meta)
     return proto
 

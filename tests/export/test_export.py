@@ -51,7 +51,7 @@ def test_metadata_describes_the_cell(trained, tmp_path):
     assert int(meta[C.META_OPSET]) == 18
     assert {o.domain: o.version for o in model.opset_import}[""] == 18
     assert json.loads(meta[C.META_ITEMS]) == trained.item_ids
-    assert meta[C.META_WEIGHTS_SHA256] == weights_sha256(model)
+    assert meta[C.META_WEIGHTS_SHA256] == weights_sha256(trained.model, "fp32")
     assert all(isinstance(v, str) for v in meta.values())
 
 
@@ -59,8 +59,9 @@ def test_weights_hash_follows_the_weights(tmp_path, make_model):
     a = export_cell(make_model(0), tmp_path / "a.onnx", top_k=5)
     b = export_cell(make_model(0), tmp_path / "b.onnx", top_k=5)
     c = export_cell(make_model(2), tmp_path / "c.onnx", top_k=5)
-    h = [cell_metadata(onnx.load(str(p)))[C.META_WEIGHTS_SHA256] for p in (a, b, c)]
-    assert h[0] == h[1] != h[2]
+    d = export_cell(make_model(0), tmp_path / "d.onnx", top_k=3, opset=19)  # same weights, other K
+    h = [cell_metadata(onnx.load(str(p)))[C.META_WEIGHTS_SHA256] for p in (a, b, c, d)]
+    assert h[0] == h[1] == h[3] != h[2]
 
 
 def test_item_ids_default_and_validation(tmp_path, make_model):
@@ -110,7 +111,7 @@ def test_external_data_beyond_the_inline_limit(tmp_path, make_model):
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["cell.onnx", "cell.onnx.data"]
     onnx.checker.check_model(str(ext), full_check=True)
     loaded = onnx.load(str(ext))
-    assert cell_metadata(loaded)[C.META_WEIGHTS_SHA256] == weights_sha256(loaded)
+    assert cell_metadata(loaded)[C.META_WEIGHTS_SHA256] == cell_metadata(onnx.load(str(inline)))[C.META_WEIGHTS_SHA256]
     hist = [np.arange(1, 40) % 60 + 1]
     outs = [step_session(cpu_session(p), hist) for p in (inline, ext)]
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
