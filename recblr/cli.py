@@ -4,6 +4,7 @@ and the serving commands never load torch."""
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from functools import wraps
 from pathlib import Path
@@ -54,6 +55,11 @@ class EvalMode(str, Enum):
     both = "both"
 
 
+class SelectMode(str, Enum):
+    stream = "stream"
+    window = "window"
+
+
 class Split(str, Enum):
     valid = "valid"
     test = "test"
@@ -102,6 +108,17 @@ def data_info(
     Console().print(table)
 
 
+def _check_writable(path: Path, flag: str) -> None:
+    """Fail before hours of training, not after, when the output cannot be written."""
+    if path.is_dir():
+        raise RecblrError(f"{flag} {path}: is a directory; pass a file path such as {path / 'model.pt'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RecblrError(f"{flag} {path}: cannot write there (no writable folder {parent}); choose another path")
+
+
 @app.command()
 @user_errors
 def train(
@@ -125,14 +142,26 @@ def train(
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs) on valid NDCG@10.")] = 10,
     loss: Annotated[Loss, typer.Option(help="ce (full catalog) or bpr (one sampled negative).")] = Loss.ce,
     example_mode: Annotated[ExampleMode, typer.Option(help="sequence (whole windows) or prefix (one example per prefix).")] = ExampleMode.sequence,
-    select_mode: Annotated[EvalMode, typer.Option(help="Evaluation mode for early stopping: stream or window.")] = EvalMode.stream,
+    select_mode: Annotated[SelectMode, typer.Option(help="Evaluation mode for early stopping.")] = SelectMode.stream,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     metrics_json: Annotated[Path | None, typer.Option(help="Also write the final metrics here as JSON.")] = None,
 ) -> None:
     """Train RecBLR; the best-validation checkpoint is written to --out."""
-    if select_mode == EvalMode.both:
-        raise RecblrError("--select-mode both: choose stream or window")
+    for flag, value, ok, want in [
+        ("--dim", dim, dim >= 1, ">= 1"), ("--layers", layers, layers >= 1, ">= 1"),
+        ("--expand", expand, expand >= 1, ">= 1"), ("--conv-width", conv_width, conv_width >= 1, ">= 1"),
+        ("--dropout", dropout, 0 <= dropout < 1, "in [0, 1)"), ("--max-len", max_len, max_len >= 1, ">= 1"),
+        ("--train-window", train_window, train_window is None or train_window >= 1, ">= 1"),
+        ("--batch-size", batch_size, batch_size >= 1, ">= 1"), ("--lr", lr, lr > 0, "> 0"),
+        ("--epochs", epochs, epochs >= 1, ">= 1"), ("--patience", patience, patience >= 1, ">= 1"),
+        ("--min-count", min_count, min_count >= 3, ">= 3 (leave-one-out needs 3 items per user)"),
+    ]:
+        if not ok:
+            raise RecblrError(f"{flag} {value}: must be {want}")
+    _check_writable(out, "--out")
+    if metrics_json is not None:
+        _check_writable(metrics_json, "--metrics-json")
     from rich.console import Console
 
     from recblr.config import ModelConfig, TrainConfig
@@ -161,7 +190,10 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="model.pt written by `recblr train`.")],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset (default: the checkpoint's own).")] = None,
     fmt: FormatOpt = "auto",
-    min_count: MinCountOpt = 5,
+    min_count: Annotated[int | None, typer.Option("--min-count", help="k-core filter (default: the checkpoint's).")] = None,
+    user_col: ColOpt = None,
+    item_col: ColOpt = None,
+    time_col: ColOpt = None,
     split: Annotated[Split, typer.Option(help="valid or test.")] = Split.test,
     mode: Annotated[EvalMode, typer.Option(help="window, stream or both.")] = EvalMode.both,
     max_len: Annotated[int | None, typer.Option(help="Window length (default: the training max_len).")] = None,
@@ -178,11 +210,14 @@ def evaluate(
         if d is None:
             raise RecblrError(f"{checkpoint}: its training data is not at hand ({ckpt.data.get('path')}); pass --data")
     else:
-        d = load_dataset(data, fmt, min_count)
+        k = int(ckpt.data.get("min_count", 5)) if min_count is None else min_count
+        d = load_dataset(data, fmt, k, user_col, item_col, time_col)
     if d.item_ids != ckpt.item_ids:
         raise RecblrError(f"{data}: its item vocabulary differs from the checkpoint's; evaluate on the data it was trained on")
+    if max_len is not None and max_len < 1:
+        raise RecblrError(f"--max-len {max_len}: must be >= 1")
     modes = MODES if mode == EvalMode.both else (mode.value,)
-    window = max_len or int(ckpt.train_config.get("max_len", 200))
+    window = int(ckpt.train_config.get("max_len", 200)) if max_len is None else max_len
     result = run_eval(ckpt.model, d, split.value, modes, window)
     typer.echo(json.dumps({"split": split.value, "max_len": window, "users": len(d.sequences), **result}, indent=2))
 

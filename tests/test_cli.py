@@ -36,6 +36,14 @@ def test_train_then_evaluate(small_inter: Path, tmp_path: Path):
         ("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tnoon\n", ["train", "--data", "f.inter"], "not a number"),
         ("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n", ["train", "--data", "f.inter"], "after the 5-core filter"),
         ("garbage", ["evaluate", "f.inter"], "not a readable recblr checkpoint"),
+        (None, ["train", "--max-len", "0"], "--max-len 0: must be >= 1"),
+        (None, ["train", "--layers", "0"], "--layers 0: must be >= 1"),
+        (None, ["train", "--conv-width", "0"], "--conv-width 0: must be >= 1"),
+        (None, ["train", "--dropout", "1.5"], "--dropout 1.5: must be in [0, 1)"),
+        (None, ["train", "--batch-size", "0"], "--batch-size 0: must be >= 1"),
+        (None, ["train", "--epochs", "0"], "--epochs 0: must be >= 1"),
+        (None, ["train", "--out", "."], "is a directory"),
+        (None, ["train", "--metrics-json", "/dev/null/m.json"], "cannot write there"),
     ],
 )
 def test_bad_input_exit_2_one_line(tmp_path: Path, make, args, message):

@@ -83,6 +83,15 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, name, content, fmt, messag
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
+def test_csv_quoted_newline_and_bad_quoting(tmp_path: Path):
+    (tmp_path / "q.csv").write_text('user,item,timestamp\n1,"multi\nline",5\n2,b,6\n')
+    r = load_interactions(tmp_path / "q.csv")
+    assert r.items == ["multi\nline", "b"] and list(r.timestamps) == [5.0, 6.0]
+    (tmp_path / "bad.csv").write_text('user,item,timestamp\n1,2,x\n')
+    with pytest.raises(RecblrError, match=r"bad.csv:2: timestamp 'x'"):
+        load_interactions(tmp_path / "bad.csv")
+
+
 def test_empty_after_filtering(tmp_path: Path):
     path = write_inter(tmp_path / "few.inter", [("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3)])
     with pytest.raises(RecblrError, match="no interactions left after the 5-core filter"):

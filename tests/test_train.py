@@ -61,3 +61,14 @@ def test_prefix_mode_and_bpr_run(small_inter: Path):
                 TrainConfig(max_len=8, batch_size=128, epochs=1, loss="bpr")):
         result = train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
         assert np.isfinite(result.metrics["history"][0]["loss"])
+
+
+def test_no_finite_validation_is_a_clear_error(small_inter: Path):
+    import pytest
+
+    from recblr.errors import RecblrError
+
+    data = load_dataset(str(small_inter))
+    cfg = TrainConfig(max_len=8, batch_size=64, epochs=1, lr=float("nan"))
+    with pytest.raises(RecblrError, match="no epoch gave a finite validation NDCG@10"):
+        train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
