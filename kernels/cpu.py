@@ -1,6 +1,6 @@
 """Fused BD-LRU in plain PyTorch, blocked for the CPU cache (the `cpu` backend).
 
-Forward and backward are gradient-free functions; `recblr.kernels.ops` wires them into one
+Forward and backward are gradient-free functions; `recblr.kernels.dispatch` wires them into one
 custom op with autograd. The tensors are walked in blocks of (Bb batch rows, c time steps, C
 channels) small enough to stay in cache: for each block the gates are computed from the
 pre-activations in a few vectorised passes, then the recurrence is a sequential in-place
