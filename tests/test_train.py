@@ -63,12 +63,15 @@ def test_prefix_mode_and_bpr_run(small_inter: Path):
         assert np.isfinite(result.metrics["history"][0]["loss"])
 
 
-def test_no_finite_validation_is_a_clear_error(small_inter: Path):
+def test_no_finite_validation_is_a_clear_error(small_inter: Path, monkeypatch):
     import pytest
 
+    import recblr.train
     from recblr.errors import RecblrError
 
+    # a diverged model validates as NaN every epoch: nothing to save, and it must say so
+    monkeypatch.setattr(recblr.train, "evaluate", lambda *a, **k: {"stream": {"ndcg@10": float("nan")}})
     data = load_dataset(str(small_inter))
-    cfg = TrainConfig(max_len=8, batch_size=64, epochs=1, lr=float("nan"))
+    cfg = TrainConfig(max_len=8, batch_size=64, epochs=2)
     with pytest.raises(RecblrError, match="no epoch gave a finite validation NDCG@10"):
         train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
