@@ -12,8 +12,6 @@ protocol); `stream` feeds the whole history through the recurrence, as serving d
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -112,8 +110,3 @@ def evaluate(
         )
         for mode in modes
     }
-
-
-def ndcg(rank: int, k: int = 10) -> float:
-    """Single-target NDCG@k (for tests and docs)."""
-    return 1.0 / math.log2(rank + 1) if rank <= k else 0.0
