@@ -87,6 +87,41 @@ def test_native_nan_propagates(native):
     assert torch.isnan(h[0, 1:, 2]).all() and not torch.isnan(h[0, 0]).any()
 
 
+def test_hugepage_advice_changes_no_value(native, monkeypatch):
+    """Outputs of 32 MiB and up are advised onto huge pages; values and gradients are the
+    same bits with the advice off, and the advice is really given (spied)."""
+    B, T, C = 2, 256, 16384  # 8 Mi floats: each output is exactly the 32 MiB threshold
+    inp = make_inputs(B, T, C, with_h0=True, seed=3)
+    x, r, i, lam, h0 = (inp[n].detach() for n in ("x", "r_pre", "i_pre", "lam", "h0"))
+    g = torch.randn(B, T, C)
+    lib = cpu._library()
+    advised = []
+    real = lib.bdlru_advise_hugepages
+
+    def spy(ptr, nbytes):
+        rc = real(ptr, nbytes)
+        advised.append((nbytes, rc))
+        return rc
+
+    monkeypatch.setattr(lib, "bdlru_advise_hugepages", spy)
+    h_on = cpu.forward(x, r, i, lam, h0)
+    grads_on = cpu.backward(g, h_on, x, r, i, lam, h0)
+    # h, dx, dr, di; 0 = given, -1 = THP off here, 1 = no such advice on this platform
+    assert [n for n, _ in advised] == [B * T * C * 4] * 4
+    assert all(rc in (0, -1, 1) for _, rc in advised)
+    monkeypatch.setenv(cpu.HUGEPAGES_ENV, "0")
+    advised.clear()
+    h_off = cpu.forward(x, r, i, lam, h0)
+    grads_off = cpu.backward(g, h_off, x, r, i, lam, h0)
+    assert advised == []
+    assert torch.equal(h_on, h_off)
+    for a, b in zip(grads_on, grads_off, strict=True):
+        assert torch.equal(a, b)
+    # A buffer without one whole aligned 2 MiB region gets no advice, and says so.
+    small = torch.empty(1024)
+    assert real(small.data_ptr(), 4096) == 1
+
+
 def test_env_var_forces_torch_path(monkeypatch):
     monkeypatch.setenv(cpu.NATIVE_ENV, "0")
 
