@@ -9,8 +9,9 @@ Servers (each its own process, uvicorn on loopback, default durable SQLite state
   the last 200 items with the PyTorch model (one forward per event), as a model without a
   per-step state must.
 Every user starts with a 200-item history (PUT for the cell server, preloaded in the baseline).
-Load comes from a separate process: N concurrent keep-alive connections (asyncio, raw HTTP/1.1),
-each sending events for its own users as fast as answers come back, for --seconds.
+Load comes from a separate process: N concurrent keep-alive connections (asyncio on uvloop, raw
+HTTP/1.1, requests prebuilt so the generator takes little of the shared CPU), each sending
+events for its own users as fast as answers come back, for --seconds.
 """
 
 from __future__ import annotations
@@ -85,24 +86,43 @@ def baseline_server(cell_dir: str, port_file: str) -> None:
 
 
 # ----------------------------------------------------------------------------- load generator
-async def _client(host, port, users, deadline, lat, counts):
+REQUESTS_PER_CLIENT = 1024  # prebuilt and cycled: the generator spends no time on JSON
+
+
+def _requests(host: str, users: list[str], seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in range(REQUESTS_PER_CLIENT):
+        item = int(rng.integers(1, N_ITEMS + 1))
+        body = json.dumps({"user": users[j % len(users)], "item": str(item)}).encode()
+        out.append(
+            (
+                f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+    return out
+
+
+def _content_length(head: bytes) -> int:
+    i = head.lower().find(b"content-length:")
+    if i < 0:
+        raise RuntimeError(f"response without content-length: {head[:200]!r}")
+    return int(head[i + 15 : head.index(b"\r\n", i)])
+
+
+async def _client(host, port, requests, deadline, lat, counts):
     reader, writer = await asyncio.open_connection(host, port)
-    rng = np.random.default_rng(abs(hash(users[0])) % (2**32))
     i = 0
     try:
         while time.perf_counter() < deadline:
-            u = users[i % len(users)]
+            req = requests[i % len(requests)]
             i += 1
-            body = json.dumps({"user": u, "item": str(int(rng.integers(1, N_ITEMS + 1)))}).encode()
-            req = (
-                f"POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
             t0 = time.perf_counter()
             writer.write(req)
             head = await reader.readuntil(b"\r\n\r\n")
-            m = re.search(rb"content-length: (\d+)", head, re.I)
-            await reader.readexactly(int(m.group(1)))
+            await reader.readexactly(_content_length(head))
             lat.append(time.perf_counter() - t0)
             if not head.startswith(b"HTTP/1.1 200"):
                 counts["errors"] += 1
@@ -111,16 +131,28 @@ async def _client(host, port, users, deadline, lat, counts):
 
 
 def load(host: str, port: int, clients: int, seconds: float, q) -> None:
+    """The load generator (its own process): prebuilt requests, on uvloop when installed
+    (uvicorn's `standard` extra brings it), so that the client takes as little of the shared
+    CPU as it can and the figures measure the server."""
+    reqs = [
+        _requests(host, [f"c{c}u{j}" for j in range(USERS_PER_CLIENT)], seed=c)
+        for c in range(clients)
+    ]
+
     async def main():
         lat: list[float] = []
         counts = {"errors": 0}
         t0 = time.perf_counter()
         deadline = t0 + seconds
-        users = [[f"c{c}u{j}" for j in range(USERS_PER_CLIENT)] for c in range(clients)]
-        await asyncio.gather(*(_client(host, port, u, deadline, lat, counts) for u in users))
+        await asyncio.gather(*(_client(host, port, r, deadline, lat, counts) for r in reqs))
         q.put((lat, time.perf_counter() - t0, counts["errors"]))
 
-    asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 def drive(port: int, clients: int, seconds: float) -> dict:

@@ -7,7 +7,6 @@ line on stderr and the process exits 2. Nothing here imports torch.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import typer
 
 from recblr.errors import RecblrError
+from recblr.runtime import jsonio
 
 
 class StoreKind(str, Enum):
@@ -230,7 +230,7 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
     buf = b""
 
     def error_line(n: int, e: RuntimeUserError) -> None:  # the shape /v1/stream answers
-        err.write(json.dumps({"line": n, "error": str(e), "code": e.code}) + "\n")
+        err.write(jsonio.dumps_line({"line": n, "error": str(e), "code": e.code}))
 
     def process(lines: list[tuple[int, bytes]]) -> None:
         for i in range(0, len(lines), max_batch):
@@ -249,7 +249,7 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
                     elif isinstance(r, Exception):
                         raise r
                     else:
-                        out.write(json.dumps(r.to_json()) + "\n")
+                        out.write(jsonio.dumps_line(r.to_json()))
             out.flush()
             err.flush()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recblr.runtime import jsonio
 from recblr.runtime.engine import Engine
 from recblr.runtime.errors import RuntimeUserError, UnknownItem
 from recblr.runtime.store import MemoryStore
@@ -79,7 +79,7 @@ def read_jsonl(f: io.TextIOBase) -> Iterator[tuple[str, list]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = jsonio.loads(line)
         except ValueError as e:
             raise ScoreInputError(f"line {lineno}: malformed JSON ({e})") from None
         if not isinstance(obj, dict) or "user" not in obj or "items" not in obj:
@@ -271,7 +271,7 @@ class Writer:
 
     def write(self, user: str, items: list[str], scores: list[float]) -> None:
         if self.fmt == "jsonl":
-            self.f.write(json.dumps({"user": user, "items": items, "scores": scores}) + "\n")
+            self.f.write(jsonio.dumps_line({"user": user, "items": items, "scores": scores}))
         else:
             for r, (i, s) in enumerate(zip(items, scores, strict=False), 1):
                 self.w.writerow([user, r, i, f"{s:.6g}"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass
 
@@ -26,9 +25,11 @@ from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from recblr.runtime import jsonio
 from recblr.runtime.batcher import MicroBatcher
 from recblr.runtime.engine import Engine, Event, check_item, check_user
 from recblr.runtime.errors import BadEvent, RuntimeUserError, TooLarge, UnknownItem
@@ -44,13 +45,20 @@ class ServerSettings:
     max_events_per_request: int = 10_000
 
 
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSON response, rendered by the runtime's one codec (as the hot path is)."""
+
+    def render(self, content) -> bytes:
+        return jsonio.dumps(content)
+
+
 def _err(e: RuntimeUserError) -> JSONResponse:
     return JSONResponse({"error": str(e), "code": e.code}, status_code=e.status)
 
 
 def parse_json(raw: bytes):
     try:
-        return json.loads(raw)
+        return jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise RuntimeUserError(f"malformed JSON: {e}", status=400, code="malformed_json") from None
 
@@ -362,7 +370,7 @@ class StreamEndpoint:
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": (json.dumps(obj) + "\n").encode(),
+                        "body": jsonio.dumps(obj) + b"\n",
                         "more_body": True,
                     }
                 )
@@ -380,12 +388,7 @@ class StreamEndpoint:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-# byte-for-byte what starlette's JSONResponse renders (one encoder, not one per call)
-_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-
-
-def _json_bytes(obj) -> bytes:
-    return _ENCODE(obj).encode()
+_json_bytes = jsonio.dumps
 
 
 class FastEvents:
