@@ -234,10 +234,84 @@ def engine_only(cell: Path, tmp: Path, events: int = 4096) -> dict:
     return out
 
 
+CELL_SERVERS = [
+    ("cell_microbatch", ["--max-batch", "256", "--max-wait-ms", "2"]),
+    ("cell_batch1", ["--max-batch", "1", "--max-wait-ms", "0"]),
+]
+BASELINE = f"baseline_torch_reencode_{HISTORY}"
+
+
+def run_cell_server(name, extra, cell, state, clients, seconds, rep) -> list[dict]:
+    p, port = start_cell_server(cell, state, *extra)
+    out = []
+    try:
+        prefill_cell(port, max(clients))
+        for c in clients:
+            r = drive(port, c, seconds)
+            r.update(server=name, repeat=rep)
+            out.append(r)
+            print(json.dumps(r), flush=True)
+    finally:
+        stop(p)
+    return out
+
+
+def run_baseline(tmp: Path, clients, seconds, rep) -> list[dict]:
+    port_file = tmp / f"baseline{rep}.port"
+    bp = mp.Process(target=baseline_server, args=(str(tmp), str(port_file)))
+    bp.start()
+    out = []
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.1)
+        port = int(port_file.read_text())
+        time.sleep(1.0)
+        for c in clients:
+            r = drive(port, c, seconds)
+            r.update(server=BASELINE, repeat=rep)
+            out.append(r)
+            print(json.dumps(r), flush=True)
+    finally:
+        os.kill(bp.pid, signal.SIGTERM)
+        bp.join(30)
+    return out
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Per (server, clients): the median over repeats of events/s and latencies, and the
+    spread of events/s (this machine's run-to-run noise is +-15%)."""
+    rows = []
+    for server in dict.fromkeys(r["server"] for r in runs):
+        for c in dict.fromkeys(r["clients"] for r in runs):
+            rs = [r for r in runs if r["server"] == server and r["clients"] == c]
+            eps = [r["events_per_s"] for r in rs]
+            rows.append(
+                {
+                    "server": server,
+                    "clients": c,
+                    "repeats": len(rs),
+                    "events_per_s": float(np.median(eps)),
+                    "events_per_s_min": min(eps),
+                    "events_per_s_max": max(eps),
+                    "p50_ms": float(np.median([r["p50_ms"] for r in rs])),
+                    "p99_ms": float(np.median([r["p99_ms"] for r in rs])),
+                    "errors": sum(r["errors"] for r in rs),
+                }
+            )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds over every server (interleaved, so slow drifts of the machine hit all "
+        "alike); the table and ratios use the median round",
+    )
     ap.add_argument("--out", default="benchmarks/results/serve.json")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -255,40 +329,32 @@ def main() -> None:
     eng = engine_only(cell, tmp)
     print(json.dumps({"engine_only": eng}), flush=True)
     runs = []
-    for name, extra in [
-        ("cell_microbatch", ["--max-batch", "256", "--max-wait-ms", "2"]),
-        ("cell_batch1", ["--max-batch", "1", "--max-wait-ms", "0"]),
-    ]:
-        state = tmp / f"{name}.db"
-        p, port = start_cell_server(cell, state, *extra)
-        try:
-            prefill_cell(port, max(clients))
-            for c in clients:
-                r = drive(port, c, args.seconds)
-                r["server"] = name
-                runs.append(r)
-                print(json.dumps(r), flush=True)
-        finally:
-            stop(p)
-    port_file = tmp / "baseline.port"
-    bp = mp.Process(target=baseline_server, args=(str(tmp), str(port_file)))
-    bp.start()
-    try:
-        while not port_file.exists() or not port_file.read_text():
-            time.sleep(0.1)
-        port = int(port_file.read_text())
-        time.sleep(1.0)
-        for c in clients:
-            r = drive(port, c, args.seconds)
-            r["server"] = f"baseline_torch_reencode_{HISTORY}"
-            runs.append(r)
-            print(json.dumps(r), flush=True)
-    finally:
-        os.kill(bp.pid, signal.SIGTERM)
-        bp.join(30)
+    for rep in range(args.repeats):
+        for name, extra in CELL_SERVERS:
+            state = tmp / f"{name}-{rep}.db"
+            runs += run_cell_server(name, extra, cell, state, clients, args.seconds, rep)
+        runs += run_baseline(tmp, clients, args.seconds, rep)
+    summary = summarise(runs)
 
     def eps(server, c):
-        return next(r["events_per_s"] for r in runs if r["server"] == server and r["clients"] == c)
+        return next(
+            r["events_per_s"] for r in summary if r["server"] == server and r["clients"] == c
+        )
+
+    def per_repeat(a, b, c):
+        return [
+            next(
+                r["events_per_s"]
+                for r in runs
+                if r["server"] == a and r["clients"] == c and r["repeat"] == k
+            )
+            / next(
+                r["events_per_s"]
+                for r in runs
+                if r["server"] == b and r["clients"] == c and r["repeat"] == k
+            )
+            for k in range(args.repeats)
+        ]
 
     top = max(clients)
     try:
@@ -305,19 +371,20 @@ def main() -> None:
         "k": K,
         "history_len": HISTORY,
         "seconds_per_run": args.seconds,
+        "repeats": args.repeats,
         "state_store": "sqlite (WAL, synchronous=NORMAL)",
+        "summary_median_over_repeats": summary,
         "runs": runs,
         "engine_only_no_http": eng,
         "ratios": {
             f"microbatch_over_batch1_at_{top}_clients": eps("cell_microbatch", top)
             / eps("cell_batch1", top),
-            f"cell_over_baseline_at_{top}_clients": eps("cell_microbatch", top)
-            / eps(f"baseline_torch_reencode_{HISTORY}", top),
+            f"microbatch_over_batch1_at_{top}_clients_per_repeat": per_repeat(
+                "cell_microbatch", "cell_batch1", top
+            ),
             **{
-                f"cell_over_baseline_at_{c}_clients": eps("cell_microbatch", c)
-                / eps(f"baseline_torch_reencode_{HISTORY}", c)
+                f"cell_over_baseline_at_{c}_clients": eps("cell_microbatch", c) / eps(BASELINE, c)
                 for c in clients
-                if c != top
             },
         },
     }

@@ -170,6 +170,10 @@ def run_http(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=30,
+        # Per-request work we do not use: client addresses from X-Forwarded-For (the app
+        # never reads them; there is no access log) and a `server: uvicorn` header.
+        proxy_headers=False,
+        server_header=False,
     )
     server = uvicorn.Server(config)
 
