@@ -164,6 +164,10 @@ def run_http(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
+    try:  # httptools comes with uvicorn's `standard` extra; without it, uvicorn's own choice
+        from recblr.runtime.httpproto import CoalescingHttpToolsProtocol as http_impl
+    except ImportError:  # pragma: no cover
+        http_impl = "auto"
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -174,6 +178,8 @@ def run_http(
         # never reads them; there is no access log) and a `server: uvicorn` header.
         proxy_headers=False,
         server_header=False,
+        http=http_impl,  # one write per response (see runtime/httpproto.py)
+        ws="none",  # the API has no websocket routes
     )
     server = uvicorn.Server(config)
 
