@@ -166,7 +166,9 @@ def run_http(
     bound = sock.getsockname()[1]
     try:  # httptools comes with uvicorn's `standard` extra; without it, uvicorn's own choice
         from recblr.runtime.httpproto import CoalescingHttpToolsProtocol as http_impl
-    except ImportError:  # pragma: no cover
+    except ImportError as e:  # pragma: no cover
+        print(f"recblr-serve: one-write responses off ({e}); using uvicorn's default HTTP "
+              "protocol", file=sys.stderr)
         http_impl = "auto"
     config = uvicorn.Config(
         app,
@@ -236,8 +238,17 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
 
     out = out or sys.stdout
     err = err or sys.stderr
+    # UTF-8 bytes straight to the binary layer when there is one: a text stdout in another
+    # encoding (a Latin-1 locale) must not fail on a user id it cannot encode
+    out_bin = getattr(out, "buffer", None)
     lineno = 0
     buf = b""
+
+    def answer_line(obj) -> None:
+        if out_bin is not None:
+            out_bin.write(jsonio.dumps(obj) + b"\n")
+        else:
+            out.write(jsonio.dumps_line(obj))
 
     def error_line(n: int, e: RuntimeUserError) -> None:  # the shape /v1/stream answers
         err.write(jsonio.dumps_line({"line": n, "error": str(e), "code": e.code}))
@@ -259,8 +270,8 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
                     elif isinstance(r, Exception):
                         raise r
                     else:
-                        out.write(jsonio.dumps_line(r.to_json()))
-            out.flush()
+                        answer_line(r.to_json())
+            (out_bin if out_bin is not None else out).flush()
             err.flush()
 
     while True:

@@ -17,7 +17,7 @@ import numpy as np
 
 from recblr.runtime import contract as C
 from recblr.runtime.cell import CellInfo, open_cell
-from recblr.runtime.errors import BadEvent, UnknownItem, UnknownUser
+from recblr.runtime.errors import BadEvent, NonFiniteOutput, UnknownItem, UnknownUser
 from recblr.runtime.store import MemoryStore, StateStore, UserState
 
 MAX_USER_BYTES = 256
@@ -247,6 +247,8 @@ class Engine:
                 state = np.stack([st.state for _, _, st in rows]).astype(np.float32, copy=False)
                 recents = [st.recent + [idx] for _, idx, st in rows]
                 ns, ti, ts = self._run(item, state, self._exclude_rows(recents))
+                # NaN/inf would be stored (poisoning the user for good) and answered as null
+                broken = ~(np.isfinite(ts).all(axis=1) & np.isfinite(ns).all(axis=1))
                 keep = max(self.exclude_seen, 0)
                 # the answers of the whole wave in two vectorized conversions
                 rec_items = self._vocab[ti[:, :k]].tolist()
@@ -254,6 +256,14 @@ class Engine:
                 cell = self._state_key
                 for r, (i, _idx, st) in enumerate(rows):
                     e = events[i]
+                    if broken[r]:
+                        results[i] = NonFiniteOutput(
+                            f"the cell gave NaN or infinite scores or state for user {e.user!r}; "
+                            "the event was not applied. Reset the user (PUT its history or "
+                            "DELETE it); if every user fails, re-export the cell from a sound "
+                            "checkpoint"
+                        )
+                        continue
                     new = UserState(
                         cell=cell,
                         state=ns[r].copy(),
@@ -266,7 +276,7 @@ class Engine:
                     states[e.user] = new
                     changed[e.user] = new
                     results[i] = Recs(e.user, rec_items[r], rec_scores[r], e.seq)
-                self.stats.events_applied += len(rows)
+                self.stats.events_applied += len(rows) - int(broken.sum())
             for i, r in enumerate(results):
                 if isinstance(r, tuple):
                     e = events[i]

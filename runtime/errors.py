@@ -35,6 +35,13 @@ class CellError(RuntimeUserError):
     code = "bad_cell"
 
 
+class NonFiniteOutput(RuntimeUserError):
+    """The cell answered NaN or infinity for a user: a broken stored state or broken weights."""
+
+    status = 500
+    code = "non_finite"
+
+
 class BadEvent(RuntimeUserError):
     """A well-formed request whose content is invalid (missing field, wrong type, too long)."""
 

@@ -5,8 +5,10 @@ uvicorn writes a response's status line and headers as soon as the app sends
 and uvloop holds the GIL through each. Under micro-batching the server process is bound by its
 GIL, and profiled, those two writes were a quarter of its GIL-held time. Here the writes made in
 one event-loop step are held and handed to the transport together at the end of the step
-(`loop.call_soon`), so a small response costs one syscall. Nothing is reordered or dropped:
-`close()` flushes what is held first, and every other transport call goes to the real one.
+(`loop.call_soon`), so a small response costs one syscall. Order is kept; what is held is handed
+over early when it passes 64 KiB (so flow control still sees large bodies), before `close()` or
+`write_eof()`, and when the peer half-closes; it is discarded only when the connection is already
+gone, where the transport would discard it too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+FLUSH_BYTES = 64 * 1024  # hand over at once from here: flow control must see large bodies
 
 
 class CoalescingTransport:
@@ -37,17 +41,24 @@ class CoalescingTransport:
         else:
             self._held.append(data)
         self._held_bytes += len(data)
+        if self._held_bytes >= FLUSH_BYTES:
+            self.flush()
 
     def writelines(self, chunks) -> None:
         for c in chunks:
             self.write(c)
 
     def flush(self) -> None:
-        """Hand what is held to the real transport (idempotent)."""
+        """Hand what is held to the real transport (idempotent). A transport that is already
+        closing would drop it (and uvloop's would raise after the connection is lost)."""
         held, self._held = self._held, None
         self._held_bytes = 0
-        if held:
+        if held and not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def discard(self) -> None:
+        """The connection is gone: nothing held can be sent."""
+        self._held, self._held_bytes = None, 0
 
     def get_write_buffer_size(self) -> int:
         return self._held_bytes + self._transport.get_write_buffer_size()
@@ -61,7 +72,7 @@ class CoalescingTransport:
         self._transport.write_eof()
 
     def abort(self) -> None:
-        self._held, self._held_bytes = None, 0
+        self.discard()
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:  # everything else: the real transport
@@ -73,3 +84,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def eof_received(self) -> None:
+        # The peer half-closed; the transport closes after this returns, so what is held (a
+        # response written just before) goes out now, as it would have without holding.
+        self.transport.flush()  # type: ignore[attr-defined]
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport.discard()  # type: ignore[attr-defined]
+        super().connection_lost(exc)

@@ -3,7 +3,7 @@
 orjson rather than the standard library: encoding one answer (20 ids and 20 scores) takes
 about 1 µs instead of 13 µs, and at thousands of events per second on one event-loop thread
 that is a tenth of the server's CPU. Output is compact UTF-8. JSON has no NaN or infinity:
-they are written as null (the standard library would raise).
+orjson writes them as null; the engine never lets a non-finite score reach an answer.
 """
 
 from __future__ import annotations

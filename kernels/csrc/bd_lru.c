@@ -66,7 +66,8 @@ static inline float bdlru_expf(float x)
     float p45 = (1.0f / 24.0f) + f * (1.0f / 120.0f);
     float p67 = (1.0f / 720.0f) + f * (1.0f / 5040.0f);
     float em1 = (f + f2 * p23) + f4 * (p45 + f2 * p67);
-    int32_t bits = (ni + 127) << 23;        /* 2^n for n in [-126, 127] */
+    uint32_t bits = (uint32_t)(ni + 127) << 23; /* 2^n for n in [-126, 127] (unsigned: no UB
+                                                 * for the garbage n of a NaN input) */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     float r = scale + scale * em1;          /* one rounding of 2^n (1 + em1): < 1 ulp */
@@ -120,7 +121,7 @@ int bdlru_abi_version(void) { return 2; }
  * first write then takes one page fault per 4 KiB page, which costs about as much as the
  * kernel's own work; with huge pages it is one fault per 2 MiB. Only an advice: returns 0
  * when given, 1 when the platform has no such advice or the buffer holds no aligned 2 MiB,
- * -1 when madvise refused (THP disabled, say); the buffer is usable either way. */
+ * -1 when madvise refused it (a kernel built without THP); the buffer is usable either way. */
 int bdlru_advise_hugepages(void *p, int64_t nbytes)
 {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

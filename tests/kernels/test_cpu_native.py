@@ -2,6 +2,7 @@
 
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,12 +80,19 @@ def test_native_strided_gates_are_not_copied(native, monkeypatch):
     assert copies == []
 
 
-def test_native_nan_propagates(native):
-    inp = make_inputs(1, 4, 3, with_h0=False)
-    r = inp["r_pre"].detach().clone()
-    r[0, 1, 2] = float("nan")
-    h = cpu.forward(inp["x"].detach(), r, inp["i_pre"].detach(), inp["lam"].detach())
-    assert torch.isnan(h[0, 1:, 2]).all() and not torch.isnan(h[0, 0]).any()
+@pytest.mark.parametrize("C", [3, 64])  # 64: the NaN sits in a vector lane, not the tail
+@pytest.mark.parametrize("gate", ["r_pre", "i_pre"])
+def test_native_nan_propagates(native, C, gate):
+    inp = make_inputs(1, 4, C, with_h0=False)
+    g = inp[gate].detach().clone()
+    c = C // 2 + 1
+    g[0, 1, c] = float("nan")
+    args = {n: inp[n].detach() for n in ("x", "r_pre", "i_pre", "lam")}
+    args[gate] = g
+    h = cpu.forward(args["x"], args["r_pre"], args["i_pre"], args["lam"])
+    assert torch.isnan(h[0, 1:, c]).all()
+    assert not torch.isnan(h[0, 0]).any()
+    assert torch.isfinite(h[:, :, [k for k in range(C) if k != c]]).all()
 
 
 def test_hugepage_advice_changes_no_value(native, monkeypatch):
@@ -106,9 +114,12 @@ def test_hugepage_advice_changes_no_value(native, monkeypatch):
     monkeypatch.setattr(lib, "bdlru_advise_hugepages", spy)
     h_on = cpu.forward(x, r, i, lam, h0)
     grads_on = cpu.backward(g, h_on, x, r, i, lam, h0)
-    # h, dx, dr, di; 0 = given, -1 = THP off here, 1 = no such advice on this platform
-    assert [n for n, _ in advised] == [B * T * C * 4] * 4
-    assert all(rc in (0, -1, 1) for _, rc in advised)
+    assert [n for n, _ in advised] == [B * T * C * 4] * 4  # h, dx, dr, di
+    if THP.exists():  # a Linux kernel with THP: the advice is given, and the range carries it
+        assert [rc for _, rc in advised] == [0] * 4
+        assert "hg" in _vm_flags(h_on.data_ptr() + (4 << 20))
+    else:  # 1 = no such advice on this platform, -1 = refused
+        assert all(rc in (-1, 1) for _, rc in advised)
     monkeypatch.setenv(cpu.HUGEPAGES_ENV, "0")
     advised.clear()
     h_off = cpu.forward(x, r, i, lam, h0)
@@ -120,6 +131,29 @@ def test_hugepage_advice_changes_no_value(native, monkeypatch):
     # A buffer without one whole aligned 2 MiB region gets no advice, and says so.
     small = torch.empty(1024)
     assert real(small.data_ptr(), 4096) == 1
+    # Under the threshold no advice is asked for at all.
+    monkeypatch.delenv(cpu.HUGEPAGES_ENV)
+    advised.clear()
+    below = make_inputs(1, 64, 1024, with_h0=False)
+    cpu.forward(*(below[n].detach() for n in ("x", "r_pre", "i_pre", "lam")))
+    assert advised == []
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _vm_flags(addr: int) -> str:
+    """The VmFlags line of this process's mapping that holds `addr` (Linux smaps)."""
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            if lo <= addr < hi:
+                for follow in lines[i + 1 :]:
+                    if follow.startswith("VmFlags:"):
+                        return follow
+    return ""
 
 
 def test_env_var_forces_torch_path(monkeypatch):

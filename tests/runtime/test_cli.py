@@ -251,3 +251,19 @@ def test_serve_bind_failure_closes_the_store(cell, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], p.stderr
     assert db.exists() and not Path(str(db) + "-wal").exists()  # closed: WAL checkpointed away
+
+
+def test_stdin_answers_are_utf8_whatever_the_locale(cell, tmp_path):
+    """A stdout whose encoding cannot hold a user id (Latin-1 here) gets UTF-8 JSON bytes."""
+    env = dict(os.environ, PYTHONIOENCODING="latin-1")
+    line = json.dumps({"user": "用户-€", "item": "1001"}, ensure_ascii=False) + "\n"
+    p = subprocess.run(
+        [sys.executable, "-c", SERVE, "--onnx", str(cell), "--stdin", "--store", "memory"],
+        input=line.encode("utf-8"),
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
+    (answer,) = p.stdout.decode("utf-8").splitlines()
+    assert json.loads(answer)["user"] == "用户-€"

@@ -43,3 +43,25 @@ def test_other_weights_reset_states(cells):
 def test_same_model_other_top_k_keeps_states(cell, tmp_path):
     other = _export(tmp_path / "k5.onnx", 1, top_k=5)  # the model of cells["a"], K=5
     assert _shares_state(cell, other)
+
+
+def test_non_finite_output_is_an_error_and_never_stored(cell):
+    """A poisoned stored state gives that user a clear 500-class error; others are served."""
+    import numpy as np
+
+    from recblr.runtime.engine import Event
+    from recblr.runtime.errors import NonFiniteOutput
+    from recblr.runtime.store import UserState
+
+    store = MemoryStore()
+    eng = Engine(cell, providers="cpu", store=store)
+    eng.step(["ok"], ["1001"])
+    bad = np.full(eng.state_size, np.nan, dtype=np.float32)
+    store.put_many({"bad": UserState(cell=eng.state_key, state=bad)})
+    res = eng.apply([Event("bad", "1001"), Event("ok", "1002")])
+    assert isinstance(res[0], NonFiniteOutput) and res[0].status == 500
+    assert "bad" in str(res[0]) and "PUT its history" in str(res[0])
+    assert res[1].items and all(np.isfinite(res[1].scores))
+    assert np.isnan(eng.get_state("bad").state).all()  # the NaN answer was not stored over it
+    assert eng.get_state("ok").n == 2
+    assert eng.stats.events_applied == 2  # "ok" twice; "bad" not counted
