@@ -241,45 +241,44 @@ CELL_SERVERS = [
 BASELINE = f"baseline_torch_reencode_{HISTORY}"
 
 
+def drive_all(port: int, server: str, clients, seconds, rep) -> list[dict]:
+    """One run per client count against a started server, each printed as it ends."""
+    out = []
+    for c in clients:
+        r = drive(port, c, seconds)
+        r.update(server=server, repeat=rep)
+        out.append(r)
+        print(json.dumps(r), flush=True)
+    return out
+
+
 def run_cell_server(name, extra, cell, state, clients, seconds, rep) -> list[dict]:
     p, port = start_cell_server(cell, state, *extra)
-    out = []
     try:
         prefill_cell(port, max(clients))
-        for c in clients:
-            r = drive(port, c, seconds)
-            r.update(server=name, repeat=rep)
-            out.append(r)
-            print(json.dumps(r), flush=True)
+        return drive_all(port, name, clients, seconds, rep)
     finally:
         stop(p)
-    return out
 
 
 def run_baseline(tmp: Path, clients, seconds, rep) -> list[dict]:
     port_file = tmp / f"baseline{rep}.port"
     bp = mp.Process(target=baseline_server, args=(str(tmp), str(port_file)))
     bp.start()
-    out = []
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.1)
         port = int(port_file.read_text())
         time.sleep(1.0)
-        for c in clients:
-            r = drive(port, c, seconds)
-            r.update(server=BASELINE, repeat=rep)
-            out.append(r)
-            print(json.dumps(r), flush=True)
+        return drive_all(port, BASELINE, clients, seconds, rep)
     finally:
         os.kill(bp.pid, signal.SIGTERM)
         bp.join(30)
-    return out
 
 
 def summarise(runs: list[dict]) -> list[dict]:
     """Per (server, clients): the median over repeats of events/s and latencies, and the
-    spread of events/s (this machine's run-to-run noise is +-15%)."""
+    spread of events/s (this machine's run-to-run noise reaches +-25%)."""
     rows = []
     for server in dict.fromkeys(r["server"] for r in runs):
         for c in dict.fromkeys(r["clients"] for r in runs):
