@@ -63,11 +63,14 @@ def parse_json(raw: bytes):
         raise RuntimeUserError(f"malformed JSON: {e}", status=400, code="malformed_json") from None
 
 
+MAX_SEQ = 2**63 - 1  # what the state store's INTEGER column holds
+
+
 def parse_seq(v) -> int | None:
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise BadEvent("'seq' must be a non-negative integer")
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEQ:
+        raise BadEvent(f"'seq' must be an integer in 0..{MAX_SEQ}")
     return v
 
 

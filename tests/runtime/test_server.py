@@ -54,6 +54,7 @@ def test_endpoints_and_bad_input(cell, start_server, replay_fn):
             (c.post("/v1/events", json=["x"]), 422, "JSON object"),
             (c.post("/v1/events", json={"user": "1", "item": "nope"}), 422, "unknown item 'nope'"),
             (c.post("/v1/events", json={"user": "1", "item": "1001", "seq": -1}), 422, "seq"),
+            (c.post("/v1/events", json={"user": "1", "item": "1001", "seq": 2**63}), 422, "seq"),
             (c.post("/v1/events", json={"user": "u" * 257, "item": "1001"}), 422, "256 bytes"),
             (c.post("/v1/events", json={"user": "é" * 129, "item": "1001"}), 422, "256 bytes"),
             (c.post("/v1/events", content=b"x" * 5000), 413, "4096"),
