@@ -177,10 +177,14 @@ _native_lock = threading.Lock()
 _native: dict = {"tried": False, "built": None, "error": None}
 
 
+def _switched_on(env: str) -> bool:
+    """An on-by-default switch: off when the variable is 0, false, off or no."""
+    return os.environ.get(env, "").strip().lower() not in ("0", "false", "off", "no")
+
+
 def native_enabled() -> bool:
     """False when RECBLR_CPU_NATIVE=0 (or false/off/no) forces the PyTorch path."""
-    value = os.environ.get(NATIVE_ENV, "").strip().lower()
-    return value not in ("0", "false", "off", "no")
+    return _switched_on(NATIVE_ENV)
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -261,8 +265,7 @@ def _rows(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def hugepages_enabled() -> bool:
     """False when RECBLR_CPU_HUGEPAGES=0 (or false/off/no) turns the output advice off."""
-    value = os.environ.get(HUGEPAGES_ENV, "").strip().lower()
-    return value not in ("0", "false", "off", "no")
+    return _switched_on(HUGEPAGES_ENV)
 
 
 def _empty_out(lib, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
