@@ -50,6 +50,28 @@ class Recs:
         return d
 
 
+# The engine thread keeps the GIL between the ORT call and the SQLite write. numpy releases it
+# for copies and ufunc loops over 500 elements; under micro-batching the event loop then takes
+# it, and every such handoff leaves the GIL idle while the other thread wakes. np.stack, a
+# .copy() per row and isfinite() over a batch of 1024-float states were tens of handoffs per
+# batch; the byte copies below (tobytes, join, slicing) are made without releasing it.
+
+
+def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of one length -> float32 [n, S], without releasing the GIL."""
+    f32 = np.float32
+    raw = b"".join([(r if r.dtype == f32 else r.astype(f32)).tobytes() for r in rows])
+    return np.frombuffer(raw, np.float32).reshape(len(rows), -1)
+
+
+def _own_rows(a: np.ndarray) -> list[np.ndarray]:
+    """The rows of `a` as arrays that own their memory (a view would keep the whole batch
+    alive for as long as one user's state is held), without releasing the GIL."""
+    raw = a.tobytes()
+    step = a.shape[1] * a.itemsize
+    return [np.frombuffer(raw[i : i + step], dtype=a.dtype) for i in range(0, len(raw), step)]
+
+
 @dataclass
 class EngineStats:
     events_applied: int = 0
@@ -244,11 +266,14 @@ class Engine:
                 if not rows:
                     continue
                 item = np.array([idx for _, idx, _ in rows], dtype=np.int64)
-                state = np.stack([st.state for _, _, st in rows]).astype(np.float32, copy=False)
+                state = _stack_rows([st.state for _, _, st in rows])
                 recents = [st.recent + [idx] for _, idx, st in rows]
                 ns, ti, ts = self._run(item, state, self._exclude_rows(recents))
-                # NaN/inf would be stored (poisoning the user for good) and answered as null
-                broken = ~(np.isfinite(ts).all(axis=1) & np.isfinite(ns).all(axis=1))
+                # NaN/inf would be stored (poisoning the user for good) and answered as null. A
+                # row's float64 sum is finite exactly when all of its float32 values are.
+                sums = ns.sum(axis=1, dtype=np.float64) + ts.sum(axis=1, dtype=np.float64)
+                broken = ~np.isfinite(sums)
+                new_states = _own_rows(ns)
                 keep = max(self.exclude_seen, 0)
                 # the answers of the whole wave in two vectorized conversions
                 rec_items = self._vocab[ti[:, :k]].tolist()
@@ -266,7 +291,7 @@ class Engine:
                         continue
                     new = UserState(
                         cell=cell,
-                        state=ns[r].copy(),
+                        state=new_states[r],
                         seq=e.seq if e.seq is not None else st.seq,
                         n=st.n + 1,
                         recent=recents[r][-keep:] if keep else [],

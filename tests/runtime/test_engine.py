@@ -65,3 +65,18 @@ def test_non_finite_output_is_an_error_and_never_stored(cell):
     assert np.isnan(eng.get_state("bad").state).all()  # the NaN answer was not stored over it
     assert eng.get_state("ok").n == 2
     assert eng.stats.events_applied == 2  # "ok" twice; "bad" not counted
+
+
+def test_batch_rows_are_exact_and_own_their_memory():
+    import numpy as np
+
+    from recblr.runtime.engine import _own_rows, _stack_rows
+
+    a = np.random.default_rng(0).standard_normal((5, 1024)).astype(np.float32)
+    rows = _own_rows(a)
+    assert len(rows) == 5 and all(r.dtype == np.float32 and r.shape == (1024,) for r in rows)
+    assert all(np.array_equal(r, a[i]) and not np.shares_memory(r, a) for i, r in enumerate(rows))
+    a[:] = 0  # the batch array is reused or freed: the users' states stay as they were
+    assert not np.array_equal(rows[0], a[0])
+    mixed = [rows[0], rows[1].astype(np.float64), np.zeros(1024, np.float32)]
+    assert np.array_equal(_stack_rows(mixed), np.stack(mixed).astype(np.float32))
