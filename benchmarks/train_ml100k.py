@@ -49,10 +49,11 @@ def main() -> None:
     p.add_argument("--name", default="train_ml100k")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--train-window", type=int, default=None)
+    p.add_argument("--window-offsets", default=TrainConfig.window_offsets)
     args = p.parse_args()
     data = load_dataset("ml-100k")
     cfg = TrainConfig(epochs=args.epochs, example_mode=args.example_mode, seed=args.seed,
-                      train_window=args.train_window)
+                      train_window=args.train_window, window_offsets=args.window_offsets)
     t0 = time.perf_counter()
     result = train(data, ModelConfig(n_items=data.n_items), cfg, out=args.out)
     wall = time.perf_counter() - t0

@@ -60,6 +60,11 @@ class SelectMode(str, Enum):
     window = "window"
 
 
+class WindowOffsets(str, Enum):
+    fixed = "fixed"
+    random = "random"
+
+
 class Split(str, Enum):
     valid = "valid"
     test = "test"
@@ -136,6 +141,9 @@ def train(
     dropout: Annotated[float, typer.Option(help="Dropout probability.")] = 0.2,
     max_len: Annotated[int, typer.Option(help="Window-mode evaluation length (and training window).")] = 200,
     train_window: Annotated[int | None, typer.Option(help="Training window length if not --max-len.")] = None,
+    window_offsets: Annotated[WindowOffsets, typer.Option(
+        help="fixed: windows cut at multiples of their length; random: a long sequence's first "
+        "window gets a random length each epoch.")] = WindowOffsets.fixed,
     batch_size: Annotated[int, typer.Option(help="(prefix, next item) pairs per step.")] = 2048,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
@@ -173,7 +181,8 @@ def train(
     console.print(f"{data}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions", highlight=False)
     model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
                             conv_width=conv_width, dropout=dropout)
-    cfg = TrainConfig(max_len=max_len, train_window=train_window, batch_size=batch_size, lr=lr, epochs=epochs, patience=patience,
+    cfg = TrainConfig(max_len=max_len, train_window=train_window,
+                      window_offsets=window_offsets.value, batch_size=batch_size, lr=lr, epochs=epochs, patience=patience,
                       loss=loss.value, example_mode=example_mode.value, select_mode=select_mode.value,
                       seed=seed, device=device)
     result = run_training(d, model_cfg, cfg, out, console)

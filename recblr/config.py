@@ -48,6 +48,7 @@ class TrainConfig:
 
     max_len: int = 200  # window-mode evaluation length (and training window unless set)
     train_window: int | None = None  # training window length; None = max_len
+    window_offsets: str = "fixed"  # "fixed": cuts at multiples of the window; "random" per epoch
     batch_size: int = 2048  # (prefix, next item) pairs per step
     lr: float = 1e-3
     epochs: int = 200

@@ -40,12 +40,24 @@ def resolve_device(device: str) -> torch.device:
         raise RecblrError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
 
 
-def sequence_windows(train_seqs: list[np.ndarray], max_len: int) -> list[tuple[int, int, int]]:
-    """(user, start, length) windows covering every (prefix, next item) pair exactly once."""
+def sequence_windows(
+    train_seqs: list[np.ndarray], max_len: int, rng: np.random.Generator | None = None
+) -> list[tuple[int, int, int]]:
+    """(user, start, length) windows covering every (prefix, next item) pair exactly once.
+
+    With `rng`, a sequence longer than one window gets a first window of random length
+    (1..max_len), so the cuts where gradients stop move from epoch to epoch instead of always
+    falling at the same positions.
+    """
     windows = []
     for u, s in enumerate(train_seqs):
         n_pairs = len(s) - 1
-        for start in range(0, n_pairs, max_len):
+        first = max_len
+        if rng is not None and n_pairs > max_len:
+            first = int(rng.integers(1, max_len + 1))
+        if n_pairs > 0:
+            windows.append((u, 0, min(first, n_pairs)))
+        for start in range(first, n_pairs, max_len):
             windows.append((u, start, min(max_len, n_pairs - start)))
     return windows
 
@@ -106,7 +118,8 @@ def next_item_loss(
 def _sequence_batches(
     model: RecBLR, train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, device
 ) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
-    windows = sequence_windows(train_seqs, cfg.max_len if cfg.train_window is None else cfg.train_window)
+    window = cfg.max_len if cfg.train_window is None else cfg.train_window
+    windows = sequence_windows(train_seqs, window, rng if cfg.window_offsets == "random" else None)
     lengths = np.array([w[2] for w in windows])
     for batch in length_batches(lengths, cfg.batch_size, rng):
 
@@ -178,6 +191,8 @@ def train(
         raise RecblrError(f"--loss {cfg.loss!r}: use ce or bpr")
     if cfg.select_mode not in ("stream", "window"):
         raise RecblrError(f"select mode {cfg.select_mode!r}: use stream or window")
+    if cfg.window_offsets not in ("fixed", "random"):
+        raise RecblrError(f"--window-offsets {cfg.window_offsets!r}: use fixed or random")
     if cfg.epochs < 1:
         raise RecblrError(f"--epochs {cfg.epochs}: train for at least 1 epoch")
     if model_cfg.n_items != data.n_items:

@@ -1,11 +1,13 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from recblr.checkpoint import load_checkpoint
 from recblr.config import ModelConfig, TrainConfig
 from recblr.data import load_dataset
+from recblr.errors import RecblrError
 from recblr.model import RecBLR
 from recblr.train import carried_states, length_batches, prefix_examples, sequence_windows, train
 
@@ -15,6 +17,21 @@ def test_windows_cover_every_pair_once():
     windows = sequence_windows(seqs, max_len=4)
     assert windows == [(0, 0, 4), (0, 4, 4), (0, 8, 2), (1, 0, 2), (2, 0, 4)]
     assert sum(n for *_, n in windows) == sum(len(s) - 1 for s in seqs) == len(prefix_examples(seqs))
+
+
+def test_random_window_offsets_move_the_cuts_and_still_cover_every_pair_once():
+    seqs = [np.arange(1, 40), np.arange(1, 4), np.arange(1, 6), np.arange(1, 10)]
+    rng = np.random.default_rng(0)
+    firsts = set()
+    for _ in range(20):
+        windows = sequence_windows(seqs, max_len=4, rng=rng)
+        covered = [(u, s + i) for u, s, n in windows for i in range(n)]
+        pairs = [(u, p) for u, s in enumerate(seqs) for p in range(len(s) - 1)]
+        assert sorted(covered) == pairs
+        assert all(1 <= n <= 4 for *_, n in windows)
+        assert [w for w in windows if w[0] in (1, 2)] == [(1, 0, 2), (2, 0, 4)]  # one window: no cut
+        firsts.add(next(n for u, s, n in windows if u == 0))
+    assert len(firsts) > 1  # the first cut of a long sequence moves between epochs
 
 
 def test_length_batches_respect_budget_and_cover_all():
@@ -55,12 +72,16 @@ def test_training_learns_and_saves_best_checkpoint(small_inter: Path, tmp_path: 
         assert torch.equal(ckpt.model.state_dict()[k], v)
 
 
-def test_prefix_mode_and_bpr_run(small_inter: Path):
+def test_prefix_mode_bpr_and_random_offsets_run(small_inter: Path):
     data = load_dataset(str(small_inter))
     for cfg in (TrainConfig(max_len=8, batch_size=128, epochs=1, example_mode="prefix"),
-                TrainConfig(max_len=8, batch_size=128, epochs=1, loss="bpr")):
+                TrainConfig(max_len=8, batch_size=128, epochs=1, loss="bpr"),
+                TrainConfig(max_len=8, batch_size=128, epochs=1, window_offsets="random")):
         result = train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
         assert np.isfinite(result.metrics["history"][0]["loss"])
+    with pytest.raises(RecblrError, match="--window-offsets"):
+        cfg = TrainConfig(epochs=1, window_offsets="shifted")
+        train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
 
 
 def test_no_finite_validation_is_a_clear_error(small_inter: Path, monkeypatch):
