@@ -52,6 +52,9 @@ def _fail(prog: str, e: Exception) -> typer.Exit:
 serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
+GIL_SWITCH_US = 200
+
+
 @serve_app.command()
 def serve(
     onnx: Path = typer.Option(..., "--onnx", help="the exported cell (cell.onnx)"),
@@ -76,6 +79,11 @@ def serve(
     ),
     max_body_bytes: int = typer.Option(1 << 20, help="largest request body / NDJSON line"),
     max_history: int = typer.Option(10_000, help="longest history a PUT may send"),
+    gil_switch_us: int = typer.Option(
+        GIL_SWITCH_US,
+        help="Python's GIL switch interval in µs (0 = Python's 5,000). Shorter: the engine "
+        "thread waits less for the GIL after each ORT call while the event loop is busy",
+    ),
     stdin: bool = typer.Option(False, "--stdin", help="pipe mode: NDJSON events in, recs out"),
     log_level: str = typer.Option("warning", help="uvicorn log level: " + ", ".join(LOG_LEVELS)),
 ) -> None:
@@ -87,6 +95,9 @@ def serve(
         raise _fail(
             prog, ValueError(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
         )
+    if not 0 <= gil_switch_us <= 1_000_000:
+        msg = f"--gil-switch-us {gil_switch_us}: must be in 0..1000000 (0 = Python's default)"
+        raise _fail(prog, ValueError(msg))
     from recblr.runtime.engine import Engine
     from recblr.runtime.store import open_store
 
@@ -117,6 +128,7 @@ def serve(
         if stdin:
             run_stdin(engine, max_batch=max_batch)
             return
+        set_gil_switch_interval(gil_switch_us)
         try:
             run_http(
                 engine,
@@ -132,6 +144,19 @@ def serve(
             raise _fail(prog, ValueError(f"cannot listen on {host}:{port}: {e}")) from None
     finally:
         st.close()  # idempotent: the server's shutdown may have closed it already
+
+
+def set_gil_switch_interval(us: int) -> None:
+    """Shorten how long a thread waits for the GIL before its holder is made to drop it.
+
+    The engine runs each batch in a worker thread, which gives up the GIL in the ORT call and
+    the SQLite write and then needs it back, while the event loop thread parses requests and
+    writes answers and rarely gives it up on its own. At Python's 5 ms the engine thread can
+    sit idle up to that long per call; the README's serving section has the measured effect.
+    0 keeps Python's setting.
+    """
+    if us > 0:
+        sys.setswitchinterval(us / 1e6)
 
 
 def run_http(
