@@ -223,6 +223,7 @@ def test_score_bad_input_is_one_line_and_keeps_the_previous_output(cell, tmp_pat
     [
         (["--port", "99999"], "--port 99999: must be in 0..65535"),
         (["--log-level", "nonsense"], "--log-level 'nonsense': use one of critical"),
+        (["--gil-switch-us", "-5"], "--gil-switch-us -5: must be in 0..1000000"),
         (["--state", "{tmp}/no/such/dir/s.db"], "--state {tmp}/no/such/dir/s.db: cannot open"),
     ],
 )
@@ -234,6 +235,21 @@ def test_serve_startup_errors_are_one_line(cell, tmp_path, args, needle):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("recblr-serve: error:") and needle.format(tmp=tmp_path) in lines[0]
+
+
+def test_gil_switch_interval_is_set_only_when_asked():
+    import sys
+
+    from recblr.runtime.cli import set_gil_switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        set_gil_switch_interval(0)
+        assert sys.getswitchinterval() == before
+        set_gil_switch_interval(250)
+        assert abs(sys.getswitchinterval() - 250e-6) < 1e-9
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_serve_bind_failure_closes_the_store(cell, tmp_path):
