@@ -9,6 +9,9 @@ Servers (each its own process, uvicorn on loopback, default durable SQLite state
   the last 200 items with the PyTorch model (one forward per event), as a model without a
   per-step state must.
 Every user starts with a 200-item history (PUT for the cell server, preloaded in the baseline).
+Each round starts both cell servers at once and drives them in turn for each client count (the
+order alternating between rounds), so a ratio compares figures taken seconds apart on a machine
+whose speed drifts; the baseline follows.
 Load comes from a separate process: N concurrent keep-alive connections (asyncio on uvloop, raw
 HTTP/1.1, requests prebuilt so the generator takes little of the shared CPU), each sending
 events for its own users as fast as answers come back, for --seconds.
@@ -252,13 +255,24 @@ def drive_all(port: int, server: str, clients, seconds, rep) -> list[dict]:
     return out
 
 
-def run_cell_server(name, extra, cell, state, clients, seconds, rep) -> list[dict]:
-    p, port = start_cell_server(cell, state, *extra)
+def run_cell_servers(cell: Path, tmp: Path, clients, seconds, rep) -> list[dict]:
+    """Both cell servers up at once (an idle one costs nothing), driven in turn for each client
+    count, so the two figures a ratio is taken from are measured seconds apart rather than a
+    minute apart; the order alternates between rounds so neither always goes first."""
+    order = CELL_SERVERS if rep % 2 == 0 else CELL_SERVERS[::-1]
+    procs = {}
     try:
-        prefill_cell(port, max(clients))
-        return drive_all(port, name, clients, seconds, rep)
+        for name, extra in order:
+            procs[name] = start_cell_server(cell, tmp / f"{name}-{rep}.db", *extra)
+            prefill_cell(procs[name][1], max(clients))
+        out = []
+        for c in clients:
+            for name, _ in order:
+                out += drive_all(procs[name][1], name, [c], seconds, rep)
+        return out
     finally:
-        stop(p)
+        for p, _ in procs.values():
+            stop(p)
 
 
 def run_baseline(tmp: Path, clients, seconds, rep) -> list[dict]:
@@ -330,9 +344,7 @@ def main() -> None:
     print(json.dumps({"engine_only": eng}), flush=True)
     runs = []
     for rep in range(args.repeats):
-        for name, extra in CELL_SERVERS:
-            state = tmp / f"{name}-{rep}.db"
-            runs += run_cell_server(name, extra, cell, state, clients, args.seconds, rep)
+        runs += run_cell_servers(cell, tmp, clients, args.seconds, rep)
         runs += run_baseline(tmp, clients, args.seconds, rep)
     summary = summarise(runs)
 
