@@ -50,11 +50,12 @@ class Recs:
         return d
 
 
-# The engine thread keeps the GIL between the ORT call and the SQLite write. numpy releases it
-# for copies and ufunc loops over 500 elements; under micro-batching the event loop then takes
-# it, and every such handoff leaves the GIL idle while the other thread wakes. np.stack, a
-# .copy() per row and isfinite() over a batch of 1024-float states were tens of handoffs per
-# batch; the byte copies below (tobytes, join, slicing) are made without releasing it.
+# Between the ORT call and the SQLite write the engine thread should hold on to the GIL. numpy
+# releases it for copies and ufunc loops over 500 elements; under micro-batching the event loop
+# then takes it, and every such handoff leaves the GIL idle while the other thread wakes.
+# np.stack, a .copy() per row and isfinite() over a batch of 1024-float states were tens of
+# handoffs per batch; the byte copies below (tobytes, join, slicing) never release it, and the
+# finiteness check is one row sum (one release per batch).
 
 
 def _stack_rows(rows: list[np.ndarray]) -> np.ndarray:
