@@ -25,13 +25,9 @@ from _common import provenance, write_result  # noqa: E402
 
 from recblr.checkpoint import load_checkpoint  # noqa: E402
 from recblr.data import load_dataset  # noqa: E402
-from recblr.evaluate import history_ranks  # noqa: E402
+from recblr.evaluate import history_ranks, metrics_from_ranks  # noqa: E402
 
 WINDOWS = (25, 50, 100, 200, 300, 400)
-
-
-def ndcg10(ranks: np.ndarray) -> float:
-    return float(np.where(ranks <= 10, 1.0 / np.log2(ranks + 1), 0.0).mean())
 
 
 def decay_floors(model) -> dict:
@@ -68,9 +64,11 @@ def main() -> None:
             keep = np.array([len(h) > args.min_len for h in hist])
             long_h = [h for h, k in zip(hist, keep, strict=True) if k]
             by_w = {}
-            for w in (*WINDOWS, None):
-                r = history_ranks(model, long_h, tgt[keep], "window", w or 10**9)
-                by_w["all" if w is None else str(w)] = round(ndcg10(r), 5)
+            for w in (*WINDOWS, None):  # None: the whole history, as stream mode feeds it
+                mode = "stream" if w is None else "window"
+                r = history_ranks(model, long_h, tgt[keep], mode, w or 0)
+                ndcg = metrics_from_ranks(r, (10,))["ndcg@10"]
+                by_w["all" if w is None else str(w)] = round(ndcg, 5)
             row[split] = {"users": int(keep.sum()), "ndcg10_by_last_items": by_w}
         rows.append(row)
         print(path, {s: row[s]["ndcg10_by_last_items"] for s in ("valid", "test")})
