@@ -277,6 +277,15 @@ def main(argv=None):
         import triton
 
         meta["triton"] = triton.__version__
+        if device.type == "cuda":
+            from recblr.kernels import triton_scan
+
+            block, warps = triton_scan.launch_config(a.channels)
+            meta["triton_config"] = {
+                "BLOCK_C": block,
+                "CHUNK_T": triton_scan.CHUNK_T,
+                "NUM_WARPS": warps,
+            }
     except ImportError:
         meta["triton"] = None
     results = []

@@ -1,7 +1,7 @@
 """Fused BD-LRU Triton kernels (the `triton` backend).
 
-One program owns BLOCK_C channels of one batch row and walks T sequentially in registers,
-CHUNK_T steps per loop iteration (the chunk is unrolled, so the loads of a chunk are
+One program owns a block of up to 128 channels of one batch row (one thread per channel, see
+`launch_config`) and walks T sequentially in registers, CHUNK_T steps per loop iteration (the chunk is unrolled, so the loads of a chunk are
 independent of the recurrence and can be issued together). Loads are contiguous along C, the
 last dim of the model's (B, T, C) layout; any strides over B and T are taken as they are
 (the model's r_pre/i_pre are halves of one Linear output). Any T works: a step t >= T inside
@@ -27,9 +27,20 @@ import triton.language as tl
 
 from recblr.kernels.reference import EPS
 
-BLOCK_C = 32
 CHUNK_T = 8
-NUM_WARPS = 1
+MAX_BLOCK_C = 128
+
+
+def launch_config(C: int) -> tuple[int, int]:
+    """(channels per program, warps per program): one thread per channel, up to 4 warps.
+
+    A GPU keeps a bounded number of programs per SM (32 on Hopper), so 1-warp programs fill
+    at most half of its 64 warp slots. On an H200 at C=128, T=200, 4-warp programs ran the
+    forward at 1.17x the memory floor against 1.60x for 1-warp ones
+    (benchmarks/results/triton_configs.json).
+    """
+    block = min(MAX_BLOCK_C, max(32, triton.next_power_of_2(C)))
+    return block, block // 32
 
 
 @triton.jit
@@ -151,8 +162,8 @@ def _c_contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _grid(B: int, C: int):
-    return (B, triton.cdiv(C, BLOCK_C))
+def _grid(B: int, C: int, block: int):
+    return (B, triton.cdiv(C, block))
 
 
 @torch.no_grad()
@@ -163,13 +174,14 @@ def forward(x, r_pre, i_pre, lam, h0=None):
     lam = lam.contiguous()
     h0c = None if h0 is None else h0.contiguous()
     h = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
-    _bd_lru_fwd_kernel[_grid(B, C)](
+    block, warps = launch_config(C)
+    _bd_lru_fwd_kernel[_grid(B, C, block)](
         x, r_pre, i_pre, lam, h0c if h0c is not None else lam, h,
         T, C,
         x.stride(0), x.stride(1), r_pre.stride(0), r_pre.stride(1),
         i_pre.stride(0), i_pre.stride(1), h.stride(0), h.stride(1),
-        HAS_H0=h0c is not None, EPS_=EPS, BLOCK=BLOCK_C, CHUNK=CHUNK_T,
-        num_warps=NUM_WARPS,
+        HAS_H0=h0c is not None, EPS_=EPS, BLOCK=block, CHUNK=CHUNK_T,
+        num_warps=warps,
     )  # fmt: skip
     return h
 
@@ -187,14 +199,15 @@ def backward(grad_h, h, x, r_pre, i_pre, lam, h0=None):
     di = torch.empty((B, T, C), dtype=i_pre.dtype, device=x.device)
     dlam_part = torch.empty((B, C), dtype=torch.float32, device=x.device)
     dh0 = torch.empty((B, C), dtype=torch.float32, device=x.device)
-    _bd_lru_bwd_kernel[_grid(B, C)](
+    block, warps = launch_config(C)
+    _bd_lru_bwd_kernel[_grid(B, C, block)](
         grad_h, h, x, r_pre, i_pre, lam, h0c if h0c is not None else lam,
         dx, dr, di, dlam_part, dh0,
         T, C,
         grad_h.stride(0), grad_h.stride(1), h.stride(0), h.stride(1),
         x.stride(0), x.stride(1), r_pre.stride(0), r_pre.stride(1),
         i_pre.stride(0), i_pre.stride(1),
-        HAS_H0=h0c is not None, EPS_=EPS, BLOCK=BLOCK_C, CHUNK=CHUNK_T,
-        num_warps=NUM_WARPS,
+        HAS_H0=h0c is not None, EPS_=EPS, BLOCK=block, CHUNK=CHUNK_T,
+        num_warps=warps,
     )  # fmt: skip
     return dx, dr, di, dlam_part.sum(0), dh0

@@ -42,8 +42,28 @@ def _check(B, T, C, dtype=torch.float32, with_h0=True, regime="normal", strided=
 @pytest.mark.parametrize("T", [1, 2, 7, CH, 2 * CH + 3])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_triton_matches_reference(T, with_h0):
-    # C = 37: one full channel block and a ragged one.
-    _check(2, T, triton_scan.BLOCK_C + 5, with_h0=with_h0)
+    # One full channel block and a ragged one.
+    _check(2, T, triton_scan.MAX_BLOCK_C + 5, with_h0=with_h0)
+
+
+@pytest.mark.parametrize("C", [3, 40, 100])
+def test_triton_narrower_blocks(C):
+    # 32-, 64- and 128-channel programs, each with masked lanes.
+    _check(2, CH + 3, C)
+
+
+def test_launch_config_one_thread_per_channel_up_to_four_warps():
+    cfg = triton_scan.launch_config
+    assert [cfg(c) for c in (1, 32, 33, 64, 100, 128, 129, 4096)] == [
+        (32, 1),
+        (32, 1),
+        (64, 2),
+        (64, 2),
+        (128, 4),
+        (128, 4),
+        (128, 4),
+        (128, 4),
+    ]
 
 
 @pytest.mark.parametrize("T", [1, 2 * CH + 3])
