@@ -86,6 +86,17 @@ def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).abs().max() / want.abs().max().clamp_min(1.0)).item()
 
 
+def float32_tol(T: int, base: float = 2e-5) -> float:
+    """Tolerance between two float32 scans of length T (two kernels, or a kernel and PyTorch).
+
+    Their rounding differs step by step (another exp, another vector width) and the reverse
+    scan sums the differences over T, so the gap grows like sqrt(T). A fixed 2e-5 held on the
+    AMD CI machine, but the C kernel built on the GPU machine's Intel Xeon gave 2.1e-5 at
+    T=200 and 4.7e-5 at T=1003 in the gradients.
+    """
+    return base * max(1.0, math.sqrt(T / 50))
+
+
 def compare(got: dict, want: dict, tol: float) -> dict:
     """Errors per output; raises AssertionError naming every output above tol."""
     errs = {k: max_rel_err(got[k], want[k]) for k in want}
