@@ -17,7 +17,13 @@ from _common import provenance, write_result  # noqa: E402
 from recblr.config import ModelConfig, TrainConfig  # noqa: E402
 from recblr.data import load_dataset  # noqa: E402
 from recblr.kernels import get_backend  # noqa: E402
-from recblr.train import train  # noqa: E402
+from recblr.train import resolve_device, train  # noqa: E402
+
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def paired_modes(model, data, max_len: int) -> dict:
@@ -50,10 +56,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--train-window", type=int, default=None)
     p.add_argument("--window-offsets", default=TrainConfig.window_offsets)
+    p.add_argument("--lambda-lr-scale", type=float, default=TrainConfig.lambda_lr_scale)
+    p.add_argument("--device", default=TrainConfig.device)
     args = p.parse_args()
     data = load_dataset("ml-100k")
     cfg = TrainConfig(epochs=args.epochs, example_mode=args.example_mode, seed=args.seed,
-                      train_window=args.train_window, window_offsets=args.window_offsets)
+                      train_window=args.train_window, window_offsets=args.window_offsets,
+                      lambda_lr_scale=args.lambda_lr_scale, device=args.device)
     t0 = time.perf_counter()
     result = train(data, ModelConfig(n_items=data.n_items), cfg, out=args.out)
     wall = time.perf_counter() - t0
@@ -62,7 +71,8 @@ def main() -> None:
         **provenance(),
         "dataset": {"name": "ml-100k", "users": len(data.user_ids), "items": data.n_items,
                     "interactions": data.n_interactions},
-        "scan_backend": str(get_backend(__import__("torch").device("cpu"))),
+        "device": device_name(resolve_device(cfg.device)),
+        "scan_backend": get_backend(resolve_device(cfg.device)),
         "train_config": cfg.to_dict(),
         "wall_seconds": wall,
         "seconds_per_epoch": m["seconds_per_epoch"],

@@ -146,6 +146,8 @@ def train(
         "window gets a random length each epoch.")] = WindowOffsets.fixed,
     batch_size: Annotated[int, typer.Option(help="(prefix, next item) pairs per step.")] = 2048,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lambda_lr_scale: Annotated[float, typer.Option(
+        help="Lambda (the per-channel decay floors) learns at lr times this; 1 is the paper's recipe.")] = 1.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs) on valid NDCG@10.")] = 10,
     loss: Annotated[Loss, typer.Option(help="ce (full catalog) or bpr (one sampled negative).")] = Loss.ce,
@@ -162,6 +164,7 @@ def train(
         ("--dropout", dropout, 0 <= dropout < 1, "in [0, 1)"), ("--max-len", max_len, max_len >= 1, ">= 1"),
         ("--train-window", train_window, train_window is None or train_window >= 1, ">= 1"),
         ("--batch-size", batch_size, batch_size >= 1, ">= 1"), ("--lr", lr, lr > 0, "> 0"),
+        ("--lambda-lr-scale", lambda_lr_scale, lambda_lr_scale > 0, "> 0"),
         ("--epochs", epochs, epochs >= 1, ">= 1"), ("--patience", patience, patience >= 1, ">= 1"),
         ("--min-count", min_count, min_count >= 3, ">= 3 (leave-one-out needs 3 items per user)"),
     ]:
@@ -182,7 +185,8 @@ def train(
     model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
                             conv_width=conv_width, dropout=dropout)
     cfg = TrainConfig(max_len=max_len, train_window=train_window,
-                      window_offsets=window_offsets.value, batch_size=batch_size, lr=lr, epochs=epochs, patience=patience,
+                      window_offsets=window_offsets.value, batch_size=batch_size, lr=lr,
+                      lambda_lr_scale=lambda_lr_scale, epochs=epochs, patience=patience,
                       loss=loss.value, example_mode=example_mode.value, select_mode=select_mode.value,
                       seed=seed, device=device)
     result = run_training(d, model_cfg, cfg, out, console)

@@ -51,6 +51,7 @@ class TrainConfig:
     window_offsets: str = "fixed"  # "fixed": cuts at multiples of the window; "random" per epoch
     batch_size: int = 2048  # (prefix, next item) pairs per step
     lr: float = 1e-3
+    lambda_lr_scale: float = 1.0  # Lambda's learning rate is lr times this (1 = the paper's)
     epochs: int = 200
     patience: int = 10
     loss: str = "ce"  # "ce" (full catalog) or "bpr" (one sampled negative)

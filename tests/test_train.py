@@ -84,6 +84,28 @@ def test_prefix_mode_bpr_and_random_offsets_run(small_inter: Path):
         train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
 
 
+def test_lambda_learns_at_its_own_rate(small_inter: Path):
+    from recblr.train import param_groups
+
+    data = load_dataset(str(small_inter))
+    model_cfg = ModelConfig(n_items=data.n_items, dim=8, n_layers=2)
+    cfg = TrainConfig(max_len=8, batch_size=64, epochs=1, lr=1e-3, lambda_lr_scale=100.0)
+    groups = param_groups(RecBLR(model_cfg), cfg)
+    assert [len(g["params"]) for g in groups][1] == 2 and groups[1]["lr"] == pytest.approx(0.1)
+    # Adam's steps are about lr in size, so Lambda moves ~100x further at scale 100
+    torch.manual_seed(cfg.seed)
+    before = RecBLR(model_cfg).state_dict()
+
+    def lam_moved(scale: float) -> float:
+        trained = train(data, model_cfg, TrainConfig(**{**cfg.to_dict(), "lambda_lr_scale": scale}))
+        after = trained.model.state_dict()
+        return max((after[k] - before[k]).abs().max().item() for k in before if k.endswith(".lam"))
+
+    assert lam_moved(100.0) > 10 * lam_moved(1.0)
+    with pytest.raises(RecblrError, match="--lambda-lr-scale"):
+        train(data, model_cfg, TrainConfig(epochs=1, lambda_lr_scale=0.0))
+
+
 def test_no_finite_validation_is_a_clear_error(small_inter: Path, monkeypatch):
     import pytest
 
