@@ -1,11 +1,12 @@
 """Fused BD-LRU Triton kernels (the `triton` backend).
 
 One program owns a block of up to 128 channels of one batch row (one thread per channel, see
-`launch_config`) and walks T sequentially in registers, CHUNK_T steps per loop iteration (the chunk is unrolled, so the loads of a chunk are
-independent of the recurrence and can be issued together). Loads are contiguous along C, the
-last dim of the model's (B, T, C) layout; any strides over B and T are taken as they are
-(the model's r_pre/i_pre are halves of one Linear output). Any T works: a step t >= T inside
-the last chunk is made the identity explicitly (a = 1, b = 0, no store).
+`launch_config`) and walks T sequentially in registers, CHUNK_T steps per loop iteration (the
+chunk is unrolled, so the loads of a chunk are independent of the recurrence and can be issued
+together). Loads are contiguous along C, the last dim of the model's (B, T, C) layout; any
+strides over B and T are taken as they are (the model's r_pre/i_pre are halves of one Linear
+output). Any T works: a step t >= T inside the last chunk is made the identity explicitly
+(a = 1, b = 0, no store).
 
 The gates are computed in the kernel from the pre-activations, in float32 whatever the input
 dtype. The backward recomputes a and b from r_pre, i_pre, lam (only the inputs and h are
