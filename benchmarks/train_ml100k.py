@@ -30,13 +30,13 @@ def paired_modes(model, data, max_len: int) -> dict:
     """Per-user test NDCG@10 of stream minus window: is a gap between the modes noise?"""
     import numpy as np
 
-    from recblr.evaluate import history_ranks
+    from recblr.evaluate import history_ranks, ndcg_per_user
 
     hist, tgt = data.split_histories("test")
     nd = {}
     for mode in ("window", "stream"):
         r = history_ranks(model, hist, tgt, mode, max_len)
-        nd[mode] = np.where(r <= 10, 1.0 / np.log2(r + 1), 0.0)
+        nd[mode] = ndcg_per_user(r, 10)
     diff = nd["stream"] - nd["window"]
     long = np.array([len(h) > max_len for h in hist])
     return {

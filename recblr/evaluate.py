@@ -28,13 +28,19 @@ def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return (scores > target_scores).sum(dim=1) + 1
 
 
+def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k (one target: 1/log2(rank+1) inside the top k), for paired comparisons."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1), 0.0)
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     out: dict[str, float] = {}
     for k in ks:
         hit = ranks <= k
         out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_per_user(ranks, k).mean())
         out[f"mrr@{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
     return out
 
