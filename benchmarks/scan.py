@@ -64,6 +64,42 @@ def serial_loop(x, r_pre, i_pre, lam, h0=None):
     return torch.stack(hs, dim=1)
 
 
+def forward_call(f, args):
+    return lambda: f(*args)
+
+
+def forward_backward_call(f, args, grad):
+    """f's forward and backward for dL/dh = grad; clears the inputs' grads after each call."""
+
+    def call():
+        torch.autograd.backward(f(*args), grad)
+        for t in args:
+            if t is not None:
+                t.grad = None
+
+    return call
+
+
+def floor_calls(x, r_pre, i_pre, grad):
+    """The memory floor, into preallocated outputs: (forward, backward) calls.
+
+    Forward: one elementwise op reading the scan's three (B, T, C) inputs and writing one.
+    Backward: three elementwise products reading what the scan's backward reads (dL/dh, x,
+    r_pre, i_pre, h) and writing its three (B, T, C) gradients.
+    """
+    h, d1, d2, d3 = (torch.empty_like(x) for _ in range(4))
+
+    def forward():
+        torch.addcmul(x, r_pre, i_pre, out=h)
+
+    def backward():
+        torch.mul(grad, x, out=d1)
+        torch.mul(r_pre, i_pre, out=d2)
+        torch.mul(h, grad, out=d3)
+
+    return forward, backward
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -127,19 +163,6 @@ def bench_one(T, B, C, device, backends, repeats, loop_repeats):
     grad = torch.randn_like(x)
     from recblr.kernels import bd_lru
 
-    def fwd_of(f):
-        return lambda: f(*args)
-
-    def fwdbwd_of(f):
-        def run():
-            h = f(*args)
-            torch.autograd.backward(h, grad)
-            for t in args:
-                if t is not None:
-                    t.grad = None
-
-        return run
-
     fns = {name: (lambda *a, _n=name: bd_lru(*a, backend=_n)[0]) for name in backends}
     envs = {name: {} for name in backends}
     if device.type == "cpu" and "cpu" in backends:
@@ -153,22 +176,14 @@ def bench_one(T, B, C, device, backends, repeats, loop_repeats):
         warm = name != "loop" or reps > 1
         with _env(**envs[name]):
             out[name] = {
-                "fwd_s": timeit(fwd_of(f), device, reps, warmup=warm),
-                "fwdbwd_s": timeit(fwdbwd_of(f), device, reps, warmup=warm),
+                "fwd_s": timeit(forward_call(f, args), device, reps, warmup=warm),
+                "fwdbwd_s": timeit(forward_backward_call(f, args, grad), device, reps, warmup=warm),
             }
         if name == "loop":
             out[name]["repeats"] = reps
             out[name]["warmup"] = warm
-    h = torch.empty_like(x)
-    d1, d2, d3 = (torch.empty_like(x) for _ in range(3))
-
-    def floor_fwd():
-        torch.addcmul(x, r, i, out=h)
-
-    def floor_bwd():
-        torch.mul(grad, x, out=d1)
-        torch.mul(r, i, out=d2)
-        torch.mul(h, grad, out=d3)
+    floor_fwd, floor_bwd = floor_calls(x, r, i, grad)
+    h = torch.addcmul(x, r, i)  # real values for the allocating backward floor to read
 
     def floor_fwd_alloc():
         return torch.addcmul(x, r, i)

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import provenance, write_result  # noqa: E402
+from scan import NAMES, floor_calls, forward_backward_call, forward_call  # noqa: E402
 
 from recblr.kernels import bd_lru  # noqa: E402
 from recblr.kernels import triton_scan as ts  # noqa: E402
@@ -36,21 +37,21 @@ CHECKS = [
 B, C, LENGTHS = 2048, 128, (200, 1000)
 
 
+def triton_h(*args):
+    return bd_lru(*args, backend="triton")[0]
+
+
 def floors(T: int):
     """Inputs for the timed shape and the floor times (forward, forward+backward) in ms."""
     from triton.testing import do_bench
 
     inp = make_inputs(B, T, C, device="cuda", with_h0=False)
-    args = [inp[n] for n in ("x", "r_pre", "i_pre", "lam", "h0")]
+    args = [inp[n] for n in NAMES]
     x, r, i = (inp[n].detach() for n in ("x", "r_pre", "i_pre"))
     g = torch.randn_like(x)
-    h, d1, d2, d3 = (torch.empty_like(x) for _ in range(4))
-    f = do_bench(lambda: torch.addcmul(x, r, i, out=h), return_mode="median")
-    b = do_bench(
-        lambda: (torch.mul(g, x, out=d1), torch.mul(r, i, out=d2), torch.mul(h, g, out=d3)),
-        return_mode="median",
-    )
-    return args, g, f, f + b
+    fwd, bwd = floor_calls(x, r, i, g)
+    f = do_bench(fwd, return_mode="median")
+    return args, g, f, f + do_bench(bwd, return_mode="median")
 
 
 def main() -> None:
@@ -71,16 +72,7 @@ def main() -> None:
             errs.append(max(compare(run("triton", inp), run("reference", inp), tol).values()))
         row = {"BLOCK_C": block, "NUM_WARPS": warps, "CHUNK_T": chunk, "max_err": max(errs)}
         for T, (args, g, f_floor, fb_floor) in timed.items():
-
-            def fwd(args=args):
-                return bd_lru(*args, backend="triton")
-
-            def fwdbwd(args=args, g=g):
-                torch.autograd.backward(bd_lru(*args, backend="triton")[0], g)
-                for t in args:
-                    if t is not None:
-                        t.grad = None
-
+            fwd, fwdbwd = forward_call(triton_h, args), forward_backward_call(triton_h, args, g)
             row[f"T{T}_fwd_x_floor"] = do_bench(fwd, return_mode="median") / f_floor
             row[f"T{T}_fwdbwd_x_floor"] = do_bench(fwdbwd, return_mode="median") / fb_floor
         rows.append(row)
