@@ -33,14 +33,13 @@ WINDOWS = (25, 50, 100, 200, 300, 400)
 def decay_floors(model) -> dict:
     """Quantiles of the per-channel floor of a_t, and the half-life (steps) it allows."""
     out = {}
-    for name, p in model.named_parameters():
-        if name.endswith(".lam"):
-            a = torch.exp(-F.softplus(p.detach().float())).numpy()
-            q = np.quantile(a, [0.0, 0.1, 0.5, 0.9, 1.0])
-            out[name] = {
-                "a_floor_quantiles_0_10_50_90_100": [round(float(x), 5) for x in q],
-                "half_life_steps_at_90th_percentile": round(float(np.log(0.5) / np.log(q[3])), 1),
-            }
+    for name, p in model.lambda_parameters().items():
+        a = torch.exp(-F.softplus(p.detach().float())).numpy()
+        q = np.quantile(a, [0.0, 0.1, 0.5, 0.9, 1.0])
+        out[name] = {
+            "a_floor_quantiles_0_10_50_90_100": [round(float(x), 5) for x in q],
+            "half_life_steps_at_90th_percentile": round(float(np.log(0.5) / np.log(q[3])), 1),
+        }
     return out
 
 

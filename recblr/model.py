@@ -132,6 +132,10 @@ class RecBLR(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def lambda_parameters(self) -> dict[str, nn.Parameter]:
+        """Each BD-LRU's Lambda by name: the decay floors, which training and analysis single out."""
+        return {f"{n}.lam": m.lam for n, m in self.named_modules() if isinstance(m, BDLRU)}
+
     def initial_state(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         """The empty history's state (all zeros)."""
         return torch.zeros(batch, self.cfg.state_size, device=device)

@@ -179,11 +179,11 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: RecBLR, cfg: TrainConfig) -> list[dict]:
     """Lambda (the decay floors) may learn at its own rate: at lr 1e-3 it moves by about one
     unit per thousand Adam steps, while a=0.999 to a=0.99 is 2.3 units."""
-    lam = [p for n, p in model.named_parameters() if n.endswith(".lam")]
-    rest = [p for n, p in model.named_parameters() if not n.endswith(".lam")]
+    lam = list(model.lambda_parameters().values())
+    rest = [p for p in model.parameters() if all(p is not q for q in lam)]
     return [{"params": rest}, {"params": lam, "lr": cfg.lr * cfg.lambda_lr_scale}]
 
 

@@ -99,7 +99,7 @@ def test_lambda_learns_at_its_own_rate(small_inter: Path):
     def lam_moved(scale: float) -> float:
         trained = train(data, model_cfg, TrainConfig(**{**cfg.to_dict(), "lambda_lr_scale": scale}))
         after = trained.model.state_dict()
-        return max((after[k] - before[k]).abs().max().item() for k in before if k.endswith(".lam"))
+        return max((after[k] - before[k]).abs().max().item() for k in trained.model.lambda_parameters())
 
     assert lam_moved(100.0) > 10 * lam_moved(1.0)
     with pytest.raises(RecblrError, match="--lambda-lr-scale"):
