@@ -48,3 +48,14 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def load_for(path: str, data, data_name: str):
+    """A checkpoint to evaluate on `data`; stops with one line if it has another item vocabulary."""
+    from recblr.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if list(ck.item_ids) != list(data.item_ids):
+        raise SystemExit(f"{path}: trained on another item vocabulary than {data_name}")
+    ck.model.eval()
+    return ck

@@ -19,9 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import provenance, write_result  # noqa: E402
+from _common import load_for, provenance, write_result  # noqa: E402
 
-from recblr.checkpoint import load_checkpoint  # noqa: E402
 from recblr.data import load_dataset  # noqa: E402
 from recblr.evaluate import history_ranks, ndcg_per_user  # noqa: E402
 
@@ -53,15 +52,10 @@ def main() -> None:
     p.add_argument("--name", default="compare_recipes")
     args = p.parse_args()
     data = load_dataset(args.data)
-    recipes = {}
-    for key, paths in (("a", args.a), ("b", args.b)):
-        models = []
-        for path in paths:
-            ck = load_checkpoint(path)
-            if list(ck.item_ids) != list(data.item_ids):
-                raise SystemExit(f"{path}: trained on another item vocabulary than {args.data}")
-            models.append(ck.model.eval())
-        recipes[key] = models
+    recipes = {
+        key: [load_for(path, data, args.data).model for path in paths]
+        for key, paths in (("a", args.a), ("b", args.b))
+    }
     report = {}
     for split in ("valid", "test"):
         lengths = np.array([len(h) for h in data.split_histories(split)[0]])

@@ -21,9 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import provenance, write_result  # noqa: E402
+from _common import load_for, provenance, write_result  # noqa: E402
 
-from recblr.checkpoint import load_checkpoint  # noqa: E402
 from recblr.data import load_dataset  # noqa: E402
 from recblr.evaluate import history_ranks, metrics_from_ranks  # noqa: E402
 
@@ -53,10 +52,8 @@ def main() -> None:
     data = load_dataset(args.data)
     rows = []
     for path in args.checkpoints:
-        ck = load_checkpoint(path)
-        if list(ck.item_ids) != list(data.item_ids):
-            raise SystemExit(f"{path}: trained on another item vocabulary than {args.data}")
-        model = ck.model.eval()
+        ck = load_for(path, data, args.data)
+        model = ck.model
         row = {"checkpoint": str(path), "train_config": ck.train_config, "decay_floors": decay_floors(model)}
         for split in ("valid", "test"):
             hist, tgt = data.split_histories(split)
