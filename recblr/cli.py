@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 from enum import Enum
-from functools import wraps
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from recblr.errors import RecblrError
+from recblr.errors import RecblrError, user_errors
 
 app = typer.Typer(
     name="recblr",
@@ -23,20 +22,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: fetch known ones, inspect files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-def user_errors(fn):
-    """Print a RecblrError as one line and exit 2, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RecblrError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 class Loss(str, Enum):
