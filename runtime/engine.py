@@ -258,9 +258,7 @@ class Engine:
         return Recs(user, self._vocab[ti].tolist(), [float(x) for x in st.top_scores[:k]], seq)
 
     def _empty(self, seq: int | None = None) -> UserState:
-        return UserState(
-            cell=self._state_key, state=np.zeros(self.state_size, np.float32), seq=seq
-        )
+        return UserState(cell=self._state_key, state=np.zeros(self.state_size, np.float32), seq=seq)
 
     def _slot(self, user: str, s: UserState | None) -> _Slot:
         """What a stored record means to this cell: usable, made by another cell (dropped,

@@ -194,9 +194,7 @@ _ROW = "(?, ?, ?)"
 
 
 def _insert_sql(n: int) -> str:
-    return "INSERT OR REPLACE INTO user_record (user, rev, record) VALUES " + ", ".join(
-        [_ROW] * n
-    )
+    return "INSERT OR REPLACE INTO user_record (user, rev, record) VALUES " + ", ".join([_ROW] * n)
 
 
 def _migrate_v0(db: sqlite3.Connection) -> int:

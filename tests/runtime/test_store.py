@@ -7,7 +7,6 @@ import sqlite3
 import time
 
 import numpy as np
-
 import pytest
 
 from recblr.runtime.store import (
