@@ -132,13 +132,11 @@ class _Routes:
 
 
 class App:
-    """The ASGI application (`create_app(engine)`); `app.state.recblr` is the App itself."""
+    """The ASGI application (`create_app(engine)`)."""
 
     def __init__(self, engine: Engine, settings: ServerSettings | None = None):
         self.engine = engine
         self.settings = s = settings or ServerSettings()
-        self.state = self  # `create_app(...).state.recblr` keeps working
-        self.recblr = self
         self.metrics = m = Metrics()
         m.describe("recblr_requests_total", "counter", "HTTP requests by endpoint and status")
         m.describe("recblr_errors_total", "counter", "answers with an error, by code")
