@@ -228,6 +228,7 @@ def guard_costs(cell: Path, tmp: Path, n: int = 20000) -> dict:
 
     from recblr.runtime.store import UserState, encode_record
 
+    tmp.mkdir(parents=True, exist_ok=True)
     async def bare():
         for _ in range(n):
             await asyncio.sleep(0)

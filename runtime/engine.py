@@ -341,7 +341,10 @@ class Engine:
         item = np.array([idx for _, idx, _ in rows], dtype=np.int64)
         state = _stack_rows([sl.st.state for _, _, sl in rows])
         keep = self.keep_history
-        recents = [sl.st.recent + [events[i].item] for i, _, sl in rows]
+        # each user's recent items after this event, trimmed to `keep` with one copy
+        recents = [
+            (sl.st.recent[1 - keep :] if keep > 1 else []) + [events[i].item] for i, _, sl in rows
+        ]
         ns, ti, ts = self._run(item, state, self._exclude_rows(recents))
         # NaN/inf would be stored (poisoning the user for good) and answered as null. A row's
         # float64 sum is finite exactly when all of its float32 values are.
@@ -369,7 +372,7 @@ class Engine:
                 seq=e.seq if e.seq is not None else st.seq,
                 n=st.n + 1,
                 rev=st.rev,
-                recent=recents[r][-keep:] if keep else [],
+                recent=recents[r] if keep else [],
                 top_items=ti[r].copy(),
                 top_scores=ts[r].copy(),
             )

@@ -79,34 +79,28 @@ async def _answer(
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(scope, receive, limit: int, timeout: float) -> bytes:
+async def read_body(scope, receive, limit: int) -> bytes:
     """The one request-body reader: the whole body, or an error. TooLarge past `limit` bytes
-    (from Content-Length before reading when it is declared), BodyTimeout when the client
-    stops sending for `timeout` seconds in all, ClientGone when it disconnects before the end
-    (an incomplete body is never applied)."""
+    (from Content-Length before reading when it is declared), ClientGone when the client
+    disconnects before the end (an incomplete body is never applied). The time a body may
+    take is watched from outside (`App._watchdog`): no timer per request."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 raise TooLarge(f"request body is {value.decode()} bytes; the limit is {limit}")
             break
     chunks, n = [], 0
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk = msg.get("body", b"")
-                n += len(chunk)
-                if n > limit:
-                    raise TooLarge(f"request body is over the limit of {limit} bytes")
-                chunks.append(chunk)
-                if not msg.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise BodyTimeout(
-            f"the request body did not arrive within {timeout:g} s; nothing was applied"
-        ) from None
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
+        n += len(chunk)
+        if n > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -152,8 +146,12 @@ class App:
         )
         m.describe("recblr_commit_conflicts_total", "counter", "compare-and-set retries")
         m.describe("recblr_inflight_events", "gauge", "events queued or running")
-        self._reading: dict[int, float] = {}  # requests reading their body: start time
+        # requests reading their body: token -> (start time, task); the watchdog cancels the
+        # ones past body_timeout_s and marks them in _timed_out
+        self._reading: dict[int, tuple[float, asyncio.Task | None]] = {}
+        self._timed_out: set[int] = set()
         self._next_reader = 0
+        self._watch: asyncio.Task | None = None
         self.batcher = MicroBatcher(
             engine,
             s.max_batch,
@@ -176,16 +174,37 @@ class App:
         if not self._reading:
             return False
         horizon = time.perf_counter() - self.batcher.max_wait
-        return any(t > horizon for t in self._reading.values())
+        return any(t > horizon for t, _ in self._reading.values())
 
     async def _body(self, scope, receive) -> bytes:
         token = self._next_reader = self._next_reader + 1
-        self._reading[token] = time.perf_counter()
+        task = asyncio.current_task()
+        self._reading[token] = (time.perf_counter(), task)
         try:
-            s = self.settings
-            return await read_body(scope, receive, s.max_body_bytes, s.body_timeout_s)
+            return await read_body(scope, receive, self.settings.max_body_bytes)
+        except asyncio.CancelledError:
+            if token not in self._timed_out:
+                raise
+            task.uncancel()
+            raise BodyTimeout(
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s; "
+                "nothing was applied"
+            ) from None
         finally:
             del self._reading[token]
+            self._timed_out.discard(token)
+
+    async def _watchdog(self) -> None:
+        """Cut off bodies that take longer than body_timeout_s: one sleeping task for the
+        whole server instead of a timer per request (the hot path stays timer-free)."""
+        limit = self.settings.body_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.perf_counter()
+            for token, (t0, task) in list(self._reading.items()):
+                if now - t0 > limit and token not in self._timed_out and task is not None:
+                    self._timed_out.add(token)
+                    task.cancel()
 
     def _k(self, scope) -> int:
         qs = scope.get("query_string", b"")
@@ -205,10 +224,13 @@ class App:
             msg = await receive()
             if msg["type"] == "lifespan.startup":
                 await self.batcher.start()
+                self._watch = asyncio.create_task(self._watchdog())
                 self.ready = True
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
                 self.ready = False
+                if self._watch is not None:
+                    self._watch.cancel()
                 await self.batcher.stop()  # drain queued events, then close the store
                 self.engine.close()
                 await send({"type": "lifespan.shutdown.complete"})

@@ -306,9 +306,9 @@ def test_stalled_bodies_do_not_hold_batches(cell):
     from recblr.runtime.server import ServerSettings, create_app
 
     app = create_app(Engine(cell, providers="cpu"), ServerSettings(max_wait_ms=2.0))
-    app._reading[1] = time.perf_counter() - 1.0  # stalled for a second
+    app._reading[1] = (time.perf_counter() - 1.0, None)  # stalled for a second
     assert not app._more_coming()
-    app._reading[2] = time.perf_counter()  # just arrived
+    app._reading[2] = (time.perf_counter(), None)  # just arrived
     assert app._more_coming()
 
 
