@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -222,13 +223,15 @@ def stop(p: subprocess.Popen) -> None:
 
 def guard_costs(cell: Path, tmp: Path, n: int = 20000) -> dict:
     """What the hardening adds per request or per record, in µs, measured in-process: the
-    body-read deadline, the reading-request registry, encoding a record (with and without a
-    200-item history), and the engine per event with --keep-history 200 vs 0."""
+    per-chunk deadline of /v1/stream, the registry the body watchdog reads (per request),
+    encoding a record (with and without a 200-item history), and the engine without HTTP
+    with --keep-history 200 vs 0."""
     import asyncio
 
     from recblr.runtime.store import UserState, encode_record
 
     tmp.mkdir(parents=True, exist_ok=True)
+
     async def bare():
         for _ in range(n):
             await asyncio.sleep(0)
@@ -243,18 +246,18 @@ def guard_costs(cell: Path, tmp: Path, n: int = 20000) -> dict:
         fn()
         return (time.perf_counter() - t0) / n * 1e6
 
-    out = {
-        "body_deadline_us": timed(lambda: asyncio.run(with_deadline()))
+    out = {  # /v1/stream arms one deadline per chunk it reads
+        "stream_chunk_deadline_us": timed(lambda: asyncio.run(with_deadline()))
         - timed(lambda: asyncio.run(bare())),
     }
-    reading: dict[int, float] = {}
+    reading: dict[int, tuple] = {}
 
-    def registry():
+    async def registry():  # what App._body adds per request for the body watchdog
         for i in range(n):
-            reading[i] = time.perf_counter()
+            reading[i] = (time.perf_counter(), asyncio.current_task())
             del reading[i]
 
-    out["reading_registry_us"] = timed(registry)
+    out["body_watch_registry_us"] = timed(lambda: asyncio.run(registry()))
     from recblr.runtime.engine import Engine
 
     eng = Engine(cell, providers="cpu")
@@ -339,7 +342,7 @@ def drive_all(port: int, server: str, clients, seconds, rep) -> list[dict]:
 
 
 def run_cell_servers(
-    cell: Path, tmp: Path, clients, seconds, rep, before: dict | None = None
+    cell: Path, tmp: Path, clients, seconds, rep, before: dict | None = None, variants=()
 ) -> list[dict]:
     """Both cell servers up at once (an idle one costs nothing), driven in turn for each client
     count, so the two figures a ratio is taken from are measured seconds apart rather than a
@@ -348,6 +351,8 @@ def run_cell_servers(
     servers = [(name, extra, None) for name, extra in CELL_SERVERS]
     if before is not None:
         servers += [(name + "_before", extra, before) for name, extra in CELL_SERVERS]
+    microbatch = CELL_SERVERS[0][1]
+    servers += [(f"cell_microbatch_{v}", [*microbatch, *extra], None) for v, extra in variants]
     order = servers if rep % 2 == 0 else servers[::-1]
     procs = {}
     try:
@@ -423,6 +428,14 @@ def main() -> None:
         "without HTTP), so this checkout's ratios are compared with REV's in one run",
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="one more micro-batching server with extra recblr-serve ARGS, in the same rounds "
+        "(e.g. keep0='--keep-history 0'), to price one setting",
+    )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -437,6 +450,7 @@ def main() -> None:
     model = RecBLR(ModelConfig(n_items=N_ITEMS)).eval()  # same weights as the baseline's
     cell = export_cell(model, tmp / "cell.onnx", top_k=K)
     before = source_tree(args.before, tmp / "before") if args.before else None
+    variants = [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
     eng = engine_only_in(None, cell, tmp / "engine")
     print(json.dumps({"engine_only": eng}), flush=True)
     eng_before = engine_only_in(before, cell, tmp / "engine_before") if before else None
@@ -446,7 +460,7 @@ def main() -> None:
     print(json.dumps({"guard_costs": costs}), flush=True)
     runs = []
     for rep in range(args.repeats):
-        runs += run_cell_servers(cell, tmp, clients, args.seconds, rep, before)
+        runs += run_cell_servers(cell, tmp, clients, args.seconds, rep, before, variants)
         if not args.no_baseline:
             runs += run_baseline(tmp, clients, args.seconds, rep)
     summary = summarise(runs)
@@ -505,6 +519,11 @@ def main() -> None:
         },
     }
     res["guard_costs"] = costs
+    for v, _ in variants:
+        for c in clients:
+            res["ratios"][f"cell_microbatch_{v}_over_cell_microbatch_at_{c}_clients"] = float(
+                np.median(per_repeat(f"cell_microbatch_{v}", "cell_microbatch", c))
+            )
     if args.before:
         res["before"] = {"git_commit": args.before, "engine_only_no_http": eng_before}
         for name, _ in CELL_SERVERS:
