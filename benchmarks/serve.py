@@ -1,6 +1,7 @@
 """Serving throughput and latency: cell server (micro-batching on/off) vs a re-encoding baseline.
 
     python benchmarks/serve.py [--seconds 4] [--out benchmarks/results/serve.json]
+    python benchmarks/serve.py --before REV   # also REV's servers, in the same rounds
 
 Servers (each its own process, uvicorn on loopback, default durable SQLite state for the cell):
 - cell, micro-batching on:  recblr-serve --max-batch 256 --max-wait-ms 2
@@ -26,6 +27,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -176,7 +178,9 @@ def drive(port: int, clients: int, seconds: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- servers
-def start_cell_server(cell: Path, state: Path, *args: str) -> tuple[subprocess.Popen, int]:
+def start_cell_server(
+    cell: Path, state: Path, *args: str, env: dict | None = None
+) -> tuple[subprocess.Popen, int]:
     cmd = [
         sys.executable,
         "-m",
@@ -189,7 +193,7 @@ def start_cell_server(cell: Path, state: Path, *args: str) -> tuple[subprocess.P
         str(state),
         *args,
     ]
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     line = p.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
     if not m:
@@ -217,7 +221,59 @@ def stop(p: subprocess.Popen) -> None:
         p.kill()
 
 
-def engine_only(cell: Path, tmp: Path, events: int = 4096) -> dict:
+def guard_costs(cell: Path, tmp: Path, n: int = 20000) -> dict:
+    """What the hardening adds per request or per record, in µs, measured in-process: the
+    per-chunk deadline of /v1/stream, the registry the body watchdog reads (per request),
+    encoding a record (with and without a 200-item history), and the engine without HTTP
+    with --keep-history 200 vs 0."""
+    import asyncio
+
+    from recblr.runtime.store import UserState, encode_record
+
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    async def bare():
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    async def with_deadline():
+        for _ in range(n):
+            async with asyncio.timeout(10):
+                await asyncio.sleep(0)
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    out = {  # /v1/stream arms one deadline per chunk it reads
+        "stream_chunk_deadline_us": timed(lambda: asyncio.run(with_deadline()))
+        - timed(lambda: asyncio.run(bare())),
+    }
+    reading: dict[int, tuple] = {}
+
+    async def registry():  # what App._body adds per request for the body watchdog
+        for i in range(n):
+            reading[i] = (time.perf_counter(), asyncio.current_task())
+            del reading[i]
+
+    out["body_watch_registry_us"] = timed(lambda: asyncio.run(registry()))
+    from recblr.runtime.engine import Engine
+
+    eng = Engine(cell, providers="cpu")
+    state = np.zeros(eng.state_size, np.float32)
+    ids = [str(i) for i in range(1, HISTORY + 1)]
+    top_i, top_s = np.arange(K, dtype=np.int64), np.zeros(K, np.float32)
+    for name, recent in (("record_encode_us", []), ("record_encode_history200_us", ids)):
+        rec = UserState(cell="k", state=state, recent=recent, top_items=top_i, top_scores=top_s)
+        out[name] = timed(lambda rec=rec: [encode_record(rec) for _ in range(n)])
+    for keep in (0, HISTORY):
+        r = engine_only(cell, tmp, keep_history=keep)
+        out[f"engine_batch64_events_per_s_keep_history_{keep}"] = r["batch_64_events_per_s"]
+    return out
+
+
+def engine_only(cell: Path, tmp: Path, events: int = 4096, **engine_kwargs) -> dict:
     """Engine.apply without HTTP: batch of one vs batches of 64 (durable SQLite store)."""
     from recblr.runtime.engine import Engine, Event
     from recblr.runtime.store import SQLiteStore
@@ -226,7 +282,8 @@ def engine_only(cell: Path, tmp: Path, events: int = 4096) -> dict:
     evs = [Event(f"u{i % 64}", str(int(rng.integers(1, N_ITEMS + 1)))) for i in range(events)]
     out = {}
     for b in (1, 64):
-        eng = Engine(cell, providers="cpu", store=SQLiteStore(tmp / f"engine{b}.db"))
+        db = tmp / f"engine{b}-{len(engine_kwargs)}-{time.time_ns()}.db"
+        eng = Engine(cell, providers="cpu", store=SQLiteStore(db), **engine_kwargs)
         eng.apply(evs[:64])
         t0 = time.perf_counter()
         for i in range(0, events, b):
@@ -241,6 +298,35 @@ CELL_SERVERS = [
     ("cell_microbatch", ["--max-batch", "256", "--max-wait-ms", "2"]),
     ("cell_batch1", ["--max-batch", "1", "--max-wait-ms", "0"]),
 ]
+
+
+def source_tree(rev: str, dest: Path) -> dict:
+    """The runtime of commit `rev`, importable ahead of this checkout: `git archive` of its
+    `recblr/` and `runtime/` laid out as the installed package (runtime as recblr.runtime);
+    returns the environment that runs it (PYTHONPATH precedes the editable install)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(
+        ["git", "archive", rev, "recblr", "runtime"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
+    (dest / "runtime").rename(dest / "recblr" / "runtime")
+    return {**os.environ, "PYTHONPATH": str(dest)}
+
+
+def engine_only_in(env: dict | None, cell: Path, tmp: Path) -> dict:
+    """`engine_only` in a fresh process of the runtime that `env` selects."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
+        "import serve; print(json.dumps(serve.engine_only(Path(sys.argv[1]), Path(sys.argv[2]))))"
+    )
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(cell), str(tmp)],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
 BASELINE = f"baseline_torch_reencode_{HISTORY}"
 
 
@@ -255,19 +341,27 @@ def drive_all(port: int, server: str, clients, seconds, rep) -> list[dict]:
     return out
 
 
-def run_cell_servers(cell: Path, tmp: Path, clients, seconds, rep) -> list[dict]:
+def run_cell_servers(
+    cell: Path, tmp: Path, clients, seconds, rep, before: dict | None = None, variants=()
+) -> list[dict]:
     """Both cell servers up at once (an idle one costs nothing), driven in turn for each client
     count, so the two figures a ratio is taken from are measured seconds apart rather than a
-    minute apart; the order alternates between rounds so neither always goes first."""
-    order = CELL_SERVERS if rep % 2 == 0 else CELL_SERVERS[::-1]
+    minute apart; the order alternates between rounds so neither always goes first. With
+    `before` (the environment of an older runtime) its two servers join the same rounds."""
+    servers = [(name, extra, None) for name, extra in CELL_SERVERS]
+    if before is not None:
+        servers += [(name + "_before", extra, before) for name, extra in CELL_SERVERS]
+    microbatch = CELL_SERVERS[0][1]
+    servers += [(f"cell_microbatch_{v}", [*microbatch, *extra], None) for v, extra in variants]
+    order = servers if rep % 2 == 0 else servers[::-1]
     procs = {}
     try:
-        for name, extra in order:
-            procs[name] = start_cell_server(cell, tmp / f"{name}-{rep}.db", *extra)
+        for name, extra, env in order:
+            procs[name] = start_cell_server(cell, tmp / f"{name}-{rep}.db", *extra, env=env)
             prefill_cell(procs[name][1], max(clients))
         out = []
         for c in clients:
-            for name, _ in order:
+            for name, _, _ in order:
                 out += drive_all(procs[name][1], name, [c], seconds, rep)
         return out
     finally:
@@ -327,6 +421,21 @@ def main() -> None:
         "measured within a round, the median over rounds reported",
     )
     ap.add_argument("--out", default="benchmarks/results/serve.json")
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run the cell servers of git commit REV in the same rounds (and its engine "
+        "without HTTP), so this checkout's ratios are compared with REV's in one run",
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="one more micro-batching server with extra recblr-serve ARGS, in the same rounds "
+        "(e.g. keep0='--keep-history 0'), to price one setting",
+    )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -340,12 +449,20 @@ def main() -> None:
     torch.manual_seed(0)
     model = RecBLR(ModelConfig(n_items=N_ITEMS)).eval()  # same weights as the baseline's
     cell = export_cell(model, tmp / "cell.onnx", top_k=K)
-    eng = engine_only(cell, tmp)
+    before = source_tree(args.before, tmp / "before") if args.before else None
+    variants = [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
+    eng = engine_only_in(None, cell, tmp / "engine")
     print(json.dumps({"engine_only": eng}), flush=True)
+    eng_before = engine_only_in(before, cell, tmp / "engine_before") if before else None
+    if eng_before:
+        print(json.dumps({"engine_only_before": eng_before}), flush=True)
+    costs = guard_costs(cell, tmp / "guards")
+    print(json.dumps({"guard_costs": costs}), flush=True)
     runs = []
     for rep in range(args.repeats):
-        runs += run_cell_servers(cell, tmp, clients, args.seconds, rep)
-        runs += run_baseline(tmp, clients, args.seconds, rep)
+        runs += run_cell_servers(cell, tmp, clients, args.seconds, rep, before, variants)
+        if not args.no_baseline:
+            runs += run_baseline(tmp, clients, args.seconds, rep)
     summary = summarise(runs)
 
     def per_repeat(a, b, c):
@@ -397,9 +514,26 @@ def main() -> None:
                     np.median(per_repeat("cell_microbatch", BASELINE, c))
                 )
                 for c in clients
+                if not args.no_baseline
             },
         },
     }
+    res["guard_costs"] = costs
+    for v, _ in variants:
+        for c in clients:
+            res["ratios"][f"cell_microbatch_{v}_over_cell_microbatch_at_{c}_clients"] = float(
+                np.median(per_repeat(f"cell_microbatch_{v}", "cell_microbatch", c))
+            )
+    if args.before:
+        res["before"] = {"git_commit": args.before, "engine_only_no_http": eng_before}
+        for name, _ in CELL_SERVERS:
+            for c in clients:
+                res["ratios"][f"{name}_after_over_before_at_{c}_clients"] = float(
+                    np.median(per_repeat(name, name + "_before", c))
+                )
+        res["ratios"][f"microbatch_over_batch1_at_{top}_clients_before"] = float(
+            np.median(per_repeat("cell_microbatch_before", "cell_batch1_before", top))
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res["ratios"], indent=2))

@@ -1,6 +1,6 @@
 """Serving runtime: the ONNX cell engine, state stores, micro-batcher, server, batch scoring.
 
-Never imports torch; numpy and onnxruntime only (starlette/uvicorn for the server).
+Never imports torch; numpy and onnxruntime only (uvicorn for the server).
 """
 
 from recblr.runtime.engine import Engine, Event, Recs
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # lazy: the server and scoring pull in starlette / rich
+def __getattr__(name):  # lazy: the server and scoring pull in uvicorn / rich
     if name == "create_app":
         from recblr.runtime.server import create_app
 
