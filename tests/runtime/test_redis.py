@@ -193,6 +193,14 @@ def test_durability_settings_are_read_and_checked(tmp_path, valkey):
         full = RedisStore(always.url, durability="full")
         assert full.server_durability == "appendfsync always"
         assert full.commit({"a": (None, _state(1))}) == set()
+        # a server that may evict keys would silently reset users
+        full._r.config_set("maxmemory", "100mb")
+        full._r.config_set("maxmemory-policy", "allkeys-lru")
+        with pytest.raises(RuntimeUserError, match="maxmemory-policy noeviction"):
+            RedisStore(always.url)
+        full._r.config_set("maxmemory-policy", "noeviction")
+        RedisStore(always.url).close()
+        full.close()
     finally:
         none.stop()
         always.stop()
