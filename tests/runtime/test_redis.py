@@ -3,8 +3,12 @@ record round trip, compare-and-set, racing writers, durability settings, and err
 
 from __future__ import annotations
 
+import asyncio
+import random
 import threading
+import time
 
+import httpx
 import numpy as np
 import pytest
 from valkey_proc import ValkeyProcess, free_port
@@ -214,3 +218,92 @@ def test_unreachable_or_wrong_url_is_one_clear_error():
     assert f"127.0.0.1:{port}" in msg and "secret" not in msg and "docs/valkey.md" in msg
     with pytest.raises(RuntimeUserError, match="redis://HOST:PORT/DB"):
         RedisStore("http://127.0.0.1:6379/0")
+
+
+# ----------------------------------------------------------------------------- two replicas
+ITEMS = [str(1000 + i) for i in range(1, 61)]
+
+
+def test_two_replicas_exactly_once_through_a_sigkill(
+    cell, valkey, tmp_path, start_server, replay_fn
+):
+    """Two `recblr-serve` replicas on one Valkey. 32 clients send each of 200 users' events in
+    seq order, every event twice at the same moment (to both replicas: an at-least-once
+    producer), retrying on another replica when one fails; one replica is SIGKILLed and
+    restarted in the middle. Every user's final record must equal replaying its events once,
+    in seq order, through the cell."""
+    url = valkey.url[: -len("/0")] + "/1"
+    probe = RedisStore(url)
+    probe._r.flushdb()
+    n_users, n_clients, per_user = 200, 32, 8
+    rng = random.Random(3)
+    plan = {f"user{u}": [rng.choice(ITEMS) for _ in range(per_user)] for u in range(n_users)}
+    users = list(plan)
+    args = ("--store", url, "--max-batch", "64", "--max-wait-ms", "2")
+    replicas = [start_server(cell, *args, state=tmp_path / f"unused{i}.db") for i in range(2)]
+    urls = [r.url for r in replicas]
+    answers: dict[tuple[str, int], list[dict]] = {}
+    done = {"events": 0, "retries": 0}
+    total = n_users * per_user
+
+    async def send(http, first: int, u: str, seq: int) -> None:
+        body = {"user": u, "item": plan[u][seq - 1], "seq": seq}
+        base = urls[first]
+        while True:
+            try:
+                r = await http.post(base + "/v1/events", json=body)
+                if r.status_code == 200:
+                    answers.setdefault((u, seq), []).append(r.json())
+                    return
+                assert r.status_code == 503, r.text  # only a store outage may refuse
+            except httpx.TransportError:
+                pass  # the replica died under us: the event goes to another one
+            done["retries"] += 1
+            await asyncio.sleep(0.02)
+            base = rng.choice(urls)
+
+    async def client(http, ci: int) -> None:
+        mine = users[ci::n_clients]
+        for seq in range(1, per_user + 1):
+            for u in mine:
+                first = rng.randrange(2)
+                await asyncio.gather(send(http, first, u, seq), send(http, 1 - first, u, seq))
+                done["events"] += 1
+
+    async def killer() -> None:
+        while done["events"] < total // 3:
+            await asyncio.sleep(0.01)
+        replicas[0].kill9()
+        await asyncio.sleep(0.3)
+        again = await asyncio.to_thread(start_server, cell, *args, state=tmp_path / "unused2.db")
+        urls[0] = again.url
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=2 * n_clients + 8)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            await asyncio.gather(killer(), *(client(http, ci) for ci in range(n_clients)))
+
+    try:
+        t0 = time.monotonic()
+        asyncio.run(main())
+        took = time.monotonic() - t0
+        got = probe.get_many(users)
+        assert probe.count() == n_users
+        for u, items in plan.items():
+            st = got[u]
+            assert (st.n, st.seq) == (per_user, per_user), (u, st.n, st.seq)
+            np.testing.assert_allclose(st.state, replay_fn(cell, items)[0], atol=1e-4, err_msg=u)
+        with httpx.Client(base_url=urls[1], timeout=10) as c:
+            for u in users[:10]:
+                r = c.get(f"/v1/users/{u}/recommendations").json()
+                assert r["items"] == replay_fn(cell, plan[u])[1]
+    finally:
+        probe.close()
+    # every event was applied by exactly one of its two sends (an answer may be lost in the
+    # kill), and the replicas really raced: the other send was answered "duplicate"
+    applied = [sum(a.get("applied", True) for a in answers[k]) for k in answers]
+    assert len(answers) == total and max(applied) == 1
+    dup = sum(1 for v in answers.values() for a in v if a.get("reason") == "duplicate")
+    assert dup >= total * 0.9
+    assert done["retries"] > 0  # the kill really cut requests
+    assert took < 60
