@@ -3,8 +3,10 @@
 `Engine.apply(events)` applies a list of events in order. Events are grouped into waves in
 which every user appears at most once; each wave is one ORT call, and a user's second event
 lands in the next wave, so events of one user are applied in arrival order and never merged.
-Every state the call changed is then written to the store in one atomic `put_many`, and only
-then are results returned (an acknowledged event is in the store).
+Every record the call changed is then written with one `StateStore.commit` (compare-and-set
+on each record's revision), and only then are results returned: an acknowledged event is in
+the store. A user whose compare failed (another process wrote the record meanwhile) is
+re-read and their events re-stepped, a few times, then answered with a `Conflict` (503).
 """
 
 from __future__ import annotations
@@ -17,8 +19,21 @@ import numpy as np
 
 from recblr.runtime import contract as C
 from recblr.runtime.cell import CellInfo, open_cell
-from recblr.runtime.errors import BadEvent, NonFiniteOutput, UnknownItem, UnknownUser
-from recblr.runtime.store import MemoryStore, StateStore, UserState
+from recblr.runtime.errors import (
+    BadEvent,
+    Conflict,
+    CorruptState,
+    NonFiniteOutput,
+    UnknownItem,
+    UnknownUser,
+)
+from recblr.runtime.store import (
+    CORRUPT_CELL,
+    DEFAULT_KEEP_HISTORY,
+    MemoryStore,
+    StateStore,
+    UserState,
+)
 
 MAX_USER_BYTES = 256
 UNKNOWN_POLICIES = ("error", "skip")
@@ -39,6 +54,7 @@ class Recs:
     seq: int | None = None
     applied: bool = True
     reason: str | None = None  # why not applied: "duplicate" (seq not newer) or "unknown_item"
+    reset: str | None = None  # "cell_changed": the stored state was dropped before this answer
 
     def to_json(self) -> dict:
         d: dict = {"user": self.user, "items": self.items, "scores": self.scores}
@@ -47,6 +63,8 @@ class Recs:
         if not self.applied:
             d["applied"] = False
             d["reason"] = self.reason
+        if self.reset is not None:
+            d["reset"] = self.reset
         return d
 
 
@@ -78,7 +96,9 @@ class EngineStats:
     events_applied: int = 0
     events_duplicate: int = 0
     events_skipped: int = 0
-    stale_states_reset: int = 0
+    events_failed: int = 0
+    stale_states_reset: int = 0  # users whose record from another cell was replaced
+    commit_conflicts: int = 0  # users whose compare-and-set failed (then retried)
     ort_calls: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -90,7 +110,7 @@ def check_user(user) -> str:
     u = str(user)
     if not u:
         raise BadEvent("'user' must not be empty")
-    if len(u.encode("utf-8")) > MAX_USER_BYTES:
+    if len(u.encode("utf-8", "surrogatepass")) > MAX_USER_BYTES:
         raise BadEvent(f"'user' is longer than {MAX_USER_BYTES} bytes")
     return u
 
@@ -101,16 +121,34 @@ def check_item(item) -> str:
     return str(item)
 
 
+@dataclass
+class _Slot:
+    """One user's record while an `apply` runs: what the store held and what will replace it."""
+
+    expected: int | None  # the stored revision (None: no record): the commit's compare
+    st: UserState  # the record as of the events applied so far
+    reset: str | None = None  # why the stored record was dropped ("cell_changed")
+    error: Exception | None = None  # once set, the user's later events in this apply fail
+    changed: bool = False
+    applied: int = 0
+
+
 class Engine:
     """Streams events through the cell and holds per-user state.
 
-    Engine(onnx_path, providers="auto", store=None, exclude_seen=0, unknown_items="error")
+    Engine(onnx_path, providers="auto", store=None, exclude_seen=0, unknown_items="error",
+           keep_history=200)
     - providers: "auto" (CUDA when a GPU is really usable, else CPU), "cpu", "cuda" or a list.
     - store: a StateStore (default: an in-memory LRU).
     - exclude_seen: never recommend the user's last N items (0 = off).
     - unknown_items: "error" (raise UnknownItem) or "skip" (answer, do not apply).
+    - keep_history: recent items kept per user (max(keep_history, exclude_seen)), as external
+      ids, for exclude-seen and for replaying a user through another cell.
     Thread-safe: all state changes go through one lock.
     """
+
+    COMMIT_ATTEMPTS = 4  # a user whose compare-and-set fails this often gets a Conflict
+    REPLAY_SLICE = 256  # positions of a history replayed per turn (see `reset_steps`)
 
     def __init__(
         self,
@@ -120,18 +158,28 @@ class Engine:
         exclude_seen: int = 0,
         unknown_items: str = "error",
         threads: int | None = None,
+        keep_history: int = DEFAULT_KEEP_HISTORY,
     ):
         if unknown_items not in UNKNOWN_POLICIES:
             raise BadEvent(f"unknown-item policy must be one of {UNKNOWN_POLICIES}")
         if exclude_seen < 0:
             raise BadEvent("exclude_seen must be >= 0")
+        if keep_history < 0:
+            raise BadEvent("keep_history must be >= 0")
         self.session, self.info, self.providers = open_cell(onnx_path, providers, threads)
+        info: CellInfo = self.info
+        if exclude_seen + info.top_k > info.n_items:
+            raise BadEvent(
+                f"--exclude-seen {exclude_seen} with the cell's K={info.top_k} needs at least "
+                f"{exclude_seen + info.top_k} items, and the cell has {info.n_items}: lower "
+                f"--exclude-seen to at most {info.n_items - info.top_k}"
+            )
         self.store: StateStore = store if store is not None else MemoryStore()
         self.exclude_seen = exclude_seen
+        self.keep_history = max(keep_history, exclude_seen)
         self.unknown_items = unknown_items
         self.stats = EngineStats()
         self._lock = threading.RLock()
-        info: CellInfo = self.info
         self._vocab = np.array(info.items, dtype=object)
         self._index = {ext: i for i, ext in enumerate(info.items) if i > 0}
         self._x = max(exclude_seen, 1)
@@ -191,12 +239,14 @@ class Engine:
         )
         return ns, ti, ts
 
-    def _exclude_rows(self, recents: Sequence[Sequence[int]]) -> np.ndarray:
+    def _exclude_rows(self, recents: Sequence[Sequence[str]]) -> np.ndarray:
+        """The last `exclude_seen` items of each user (external ids) as this cell's ids."""
         ex = np.full((len(recents), self._x), -1, dtype=np.int64)
         n = self.exclude_seen
         if n:
+            index = self._index
             for r, rec in enumerate(recents):
-                tail = list(rec)[-n:]
+                tail = [index.get(x, -1) for x in rec[-n:]]
                 if tail:
                     ex[r, : len(tail)] = tail
         return ex
@@ -207,111 +257,150 @@ class Engine:
         ti = st.top_items[:k]
         return Recs(user, self._vocab[ti].tolist(), [float(x) for x in st.top_scores[:k]], seq)
 
-    def _load(self, users: list[str]) -> dict[str, UserState]:
-        got = self.store.get_many(users)
-        fresh = {}
-        for u, s in got.items():
-            if s.cell != self._state_key or s.state.shape != (self.state_size,):
-                self.stats.stale_states_reset += 1  # made by other weights: never fed to this cell
-                continue
-            fresh[u] = s
-        return fresh
+    def _empty(self, seq: int | None = None) -> UserState:
+        return UserState(cell=self._state_key, state=np.zeros(self.state_size, np.float32), seq=seq)
 
-    def _empty(self) -> UserState:
-        return UserState(cell=self._state_key, state=np.zeros(self.state_size, np.float32))
+    def _slot(self, user: str, s: UserState | None) -> _Slot:
+        """What a stored record means to this cell: usable, made by another cell (dropped,
+        keeping its seq so that retries stay duplicates), or unreadable (the user fails)."""
+        if s is None:
+            return _Slot(None, self._empty())
+        if s.cell == CORRUPT_CELL or (
+            s.cell == self._state_key and s.state.shape != (self.state_size,)
+        ):
+            err = CorruptState(
+                f"the stored state of user {user!r} cannot be read by this cell "
+                f"({s.state.size} floats, the cell's state has {self.state_size}); nothing was "
+                "applied. Reset the user (PUT its history or DELETE it)"
+            )
+            return _Slot(s.rev, s, error=err)
+        if s.cell != self._state_key:
+            return _Slot(s.rev, self._empty(s.seq), reset="cell_changed", changed=True)
+        return _Slot(s.rev, s)
+
+    def _load(self, users: list[str]) -> dict[str, _Slot]:
+        got = self.store.get_many(users)
+        return {u: self._slot(u, got.get(u)) for u in users}
 
     # ----------------------------------------------------------------- streaming API
     def apply(self, events: Sequence[Event], k: int | None = None) -> list[Recs | Exception]:
-        """Apply events in order; one result (Recs or the user error) per event."""
+        """Apply events in order; one result per event: a Recs (applied, or answered without
+        being applied: a duplicate seq, a skipped unknown item) or the user error that kept it
+        from being applied. Each event stands alone: errors never undo other events."""
         k = self.check_k(k)
         results: list[Recs | Exception | None] = [None] * len(events)
+        pending = list(range(len(events)))
         with self._lock:
-            users = [e.user for e in events]
-            states = self._load(list(dict.fromkeys(users)))
-            changed: dict[str, UserState] = {}
-            # waves: each user at most once per ORT call, in arrival order
-            waves: list[list[tuple[int, int]]] = []
-            nxt: dict[str, int] = {}
-            for i, e in enumerate(events):
-                idx = self._index.get(e.item)
-                if idx is None:
-                    if self.unknown_items == "error":
-                        results[i] = UnknownItem(
-                            f"unknown item {e.item!r}: not in the cell's vocabulary"
-                        )
-                    else:
-                        results[i] = ("skip", None)  # answered after the waves
-                    continue
-                w = nxt.get(e.user, 0)
-                nxt[e.user] = w + 1
-                if w == len(waves):
-                    waves.append([])
-                waves[w].append((i, idx))
-            for wave in waves:
-                rows = []
-                for i, idx in wave:
-                    e = events[i]
-                    st = states.get(e.user)
-                    if (
-                        e.seq is not None
-                        and st is not None
-                        and st.seq is not None
-                        and e.seq <= st.seq
-                    ):
-                        self.stats.events_duplicate += 1
-                        r = self._recs(e.user, st, k, e.seq)
-                        r.applied, r.reason = False, "duplicate"
-                        results[i] = r
-                        continue
-                    rows.append((i, idx, st if st is not None else self._empty()))
-                if not rows:
-                    continue
-                item = np.array([idx for _, idx, _ in rows], dtype=np.int64)
-                state = _stack_rows([st.state for _, _, st in rows])
-                recents = [st.recent + [idx] for _, idx, st in rows]
-                ns, ti, ts = self._run(item, state, self._exclude_rows(recents))
-                # NaN/inf would be stored (poisoning the user for good) and answered as null. A
-                # row's float64 sum is finite exactly when all of its float32 values are.
-                sums = ns.sum(axis=1, dtype=np.float64) + ts.sum(axis=1, dtype=np.float64)
-                broken = ~np.isfinite(sums)
-                new_states = _own_rows(ns)
-                keep = max(self.exclude_seen, 0)
-                # the answers of the whole wave in two vectorized conversions
-                rec_items = self._vocab[ti[:, :k]].tolist()
-                rec_scores = ts[:, :k].tolist()
-                cell = self._state_key
-                for r, (i, _idx, st) in enumerate(rows):
-                    e = events[i]
-                    if broken[r]:
-                        results[i] = NonFiniteOutput(
-                            f"the cell gave NaN or infinite scores or state for user {e.user!r}; "
-                            "the event was not applied. Reset the user (PUT its history or "
-                            "DELETE it); if every user fails, re-export the cell from a sound "
-                            "checkpoint"
-                        )
-                        continue
-                    new = UserState(
-                        cell=cell,
-                        state=new_states[r],
-                        seq=e.seq if e.seq is not None else st.seq,
-                        n=st.n + 1,
-                        recent=recents[r][-keep:] if keep else [],
-                        top_items=ti[r].copy(),
-                        top_scores=ts[r].copy(),
+            for _ in range(self.COMMIT_ATTEMPTS):
+                lost = self._apply_once(events, pending, k, results)
+                if not lost:
+                    break
+                self.stats.commit_conflicts += len(lost)
+                pending = [i for i in pending if events[i].user in lost]
+            else:
+                for i in pending:
+                    results[i] = Conflict(
+                        f"user {events[i].user!r}: another writer kept changing the record "
+                        "while this event was applied; nothing was applied, retry it"
                     )
-                    states[e.user] = new
-                    changed[e.user] = new
-                    results[i] = Recs(e.user, rec_items[r], rec_scores[r], e.seq)
-                self.stats.events_applied += len(rows) - int(broken.sum())
-            for i, r in enumerate(results):
-                if isinstance(r, tuple):
-                    e = events[i]
-                    self.stats.events_skipped += 1
-                    rec = self._recs(e.user, states.get(e.user), k, e.seq)
-                    rec.applied, rec.reason = False, "unknown_item"
-                    results[i] = rec
-            self.store.put_many(changed)
+                self.stats.events_failed += len(pending)
         return results  # type: ignore[return-value]
+
+    def _apply_once(self, events, idxs: list[int], k: int, results: list) -> set[str]:
+        """Load the users of `events[idxs]`, step them wave by wave, commit; returns the users
+        whose compare-and-set failed (their results are to be recomputed)."""
+        slots = self._load(list(dict.fromkeys(events[i].user for i in idxs)))
+        for wave in self._waves(events, idxs, results):
+            self._run_wave(events, wave, slots, k, results)
+        writes = {u: (sl.expected, sl.st) for u, sl in slots.items() if sl.changed}
+        lost = self.store.commit(writes)
+        for u, sl in slots.items():
+            if u not in lost:
+                self.stats.events_applied += sl.applied
+                self.stats.stale_states_reset += int(sl.reset is not None)
+        return lost
+
+    def _waves(self, events, idxs: list[int], results: list) -> list[list[tuple[int, int | None]]]:
+        """Events as waves in which every user appears at most once, in arrival order; an
+        unknown item is refused here (policy "error") or keeps its place (policy "skip", item
+        None) so that it is answered with the state at its own position."""
+        waves: list[list[tuple[int, int | None]]] = []
+        nxt: dict[str, int] = {}
+        for i in idxs:
+            e = events[i]
+            idx = self._index.get(e.item)
+            if idx is None and self.unknown_items == "error":
+                results[i] = UnknownItem(f"unknown item {e.item!r}: not in the cell's vocabulary")
+                continue
+            w = nxt.get(e.user, 0)
+            nxt[e.user] = w + 1
+            if w == len(waves):
+                waves.append([])
+            waves[w].append((i, idx))
+        return waves
+
+    def _answer(self, user: str, sl: _Slot, k: int, seq, reason: str) -> Recs:
+        r = self._recs(user, sl.st if sl.st.top_items is not None else None, k, seq)
+        r.applied, r.reason, r.reset = False, reason, sl.reset
+        return r
+
+    def _run_wave(self, events, wave, slots: dict[str, _Slot], k: int, results: list) -> None:
+        """One ORT call for the wave's users that have something to apply."""
+        rows: list[tuple[int, int, _Slot]] = []
+        for i, idx in wave:
+            e = events[i]
+            sl = slots[e.user]
+            if sl.error is not None:
+                results[i] = sl.error
+                self.stats.events_failed += 1
+            elif e.seq is not None and sl.st.seq is not None and e.seq <= sl.st.seq:
+                self.stats.events_duplicate += 1
+                results[i] = self._answer(e.user, sl, k, e.seq, "duplicate")
+            elif idx is None:
+                self.stats.events_skipped += 1
+                results[i] = self._answer(e.user, sl, k, e.seq, "unknown_item")
+            else:
+                rows.append((i, idx, sl))
+        if not rows:
+            return
+        item = np.array([idx for _, idx, _ in rows], dtype=np.int64)
+        state = _stack_rows([sl.st.state for _, _, sl in rows])
+        keep = self.keep_history
+        recents = [sl.st.recent + [events[i].item] for i, _, sl in rows]
+        ns, ti, ts = self._run(item, state, self._exclude_rows(recents))
+        # NaN/inf would be stored (poisoning the user for good) and answered as null. A row's
+        # float64 sum is finite exactly when all of its float32 values are.
+        sums = ns.sum(axis=1, dtype=np.float64) + ts.sum(axis=1, dtype=np.float64)
+        broken = ~np.isfinite(sums)
+        new_states = _own_rows(ns)
+        rec_items = self._vocab[ti[:, :k]].tolist()
+        rec_scores = ts[:, :k].tolist()
+        cell = self._state_key
+        for r, (i, _idx, sl) in enumerate(rows):
+            e = events[i]
+            if broken[r]:
+                sl.error = NonFiniteOutput(
+                    f"the cell gave NaN or infinite scores or state for user {e.user!r}; the "
+                    "event was not applied. Reset the user (PUT its history or DELETE it); if "
+                    "every user fails, re-export the cell from a sound checkpoint"
+                )
+                results[i] = sl.error
+                self.stats.events_failed += 1
+                continue
+            st = sl.st
+            sl.st = UserState(
+                cell=cell,
+                state=new_states[r],
+                seq=e.seq if e.seq is not None else st.seq,
+                n=st.n + 1,
+                rev=st.rev,
+                recent=recents[r][-keep:] if keep else [],
+                top_items=ti[r].copy(),
+                top_scores=ts[r].copy(),
+            )
+            sl.changed = True
+            sl.applied += 1
+            results[i] = Recs(e.user, rec_items[r], rec_scores[r], e.seq, reset=sl.reset)
 
     def step(self, users: Sequence[str], items: Sequence[str], seqs=None, k=None) -> list[Recs]:
         """One event per user (users may repeat: applied in order). Raises the first user error."""
@@ -333,37 +422,89 @@ class Engine:
         k = self.check_k(k)
         user = check_user(user)
         with self._lock:
-            st = self._load([user]).get(user)
-        if st is None:
+            sl = self._load([user])[user]
+        if sl.error is not None:
+            raise sl.error
+        if sl.expected is None:
             raise UnknownUser(f"no state for user {user!r}: send an event or PUT a history")
-        return self._recs(user, st, k, st.seq)
+        if sl.reset is not None:
+            raise UnknownUser(
+                f"the stored state of user {user!r} was made by another cell; the user's next "
+                "event starts from an empty history (or PUT the history)"
+            )
+        return self._recs(user, sl.st, k, sl.st.seq)
 
     def get_state(self, user: str) -> UserState | None:
+        """The user's record if this cell can use it."""
         with self._lock:
-            return self._load([user]).get(user)
+            sl = self._load([user])[user]
+        return None if sl.expected is None or sl.reset or sl.error else sl.st
+
+    def history(self, user: str) -> UserState:
+        """The user's stored record, whichever cell made it (for GET .../history)."""
+        user = check_user(user)
+        got = self.store.get_many([user]).get(user)
+        if got is None:
+            raise UnknownUser(f"no state for user {user!r}: send an event or PUT a history")
+        return got
 
     def reset(self, user: str, history: Sequence, seq: int | None = None, k=None) -> Recs:
         """Replace the user's state with the one `history` (external ids, oldest first) makes."""
+        steps = self.reset_steps(user, history, seq, k)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def reset_steps(self, user: str, history: Sequence, seq: int | None = None, k=None):
+        """`reset` as a generator that yields after every `REPLAY_SLICE` positions, so a long
+        history shares the engine with other users' events (the batcher runs one slice per
+        turn); its value (StopIteration.value) is the answer. A PUT follows the events' seq
+        rule: a seq not newer than the stored one is answered as a duplicate, not applied."""
         k = self.check_k(k)
         user = check_user(user)
-        idx = self.encode(history)
+        items = [check_item(x) for x in history]
+        idx = self.encode(items)
+        kept = [x for x in items if x in self._index]
+        state = np.zeros((1, self.state_size), np.float32)
+        ex = np.full((1, 1), -1, np.int64)
+        for start in range(0, max(len(idx) - 1, 0), self.REPLAY_SLICE):
+            with self._lock:
+                for t in range(start, min(start + self.REPLAY_SLICE, len(idx) - 1)):
+                    state, _, _ = self._run(np.array([idx[t]], np.int64), state, ex)
+            yield
+        ti = ts = None
         if idx:
-            state, ti, ts = self.encode_histories([idx])
-            st = UserState(
-                cell=self._state_key,
-                state=state[0],
-                seq=seq,
-                n=len(idx),
-                recent=idx[-self.exclude_seen :] if self.exclude_seen else [],
-                top_items=ti[0],
-                top_scores=ts[0],
+            recent = kept[-self.keep_history :] if self.keep_history else []
+            state, ti, ts = self._run(
+                np.array([idx[-1]], np.int64), state, self._exclude_rows([recent])
             )
-        else:
-            st = self._empty()
-            st.seq = seq
+            if not (np.isfinite(state).all() and np.isfinite(ts).all()):
+                raise NonFiniteOutput(
+                    f"the cell gave NaN or infinite scores or state for the history of user "
+                    f"{user!r}; nothing was stored. Re-export the cell from a sound checkpoint"
+                )
         with self._lock:
-            self.store.put_many({user: st})
-        return self._recs(user, st, k, seq)
+            for _ in range(self.COMMIT_ATTEMPTS):
+                sl = self._load([user])[user]
+                stored_seq = sl.st.seq
+                if seq is not None and stored_seq is not None and seq <= stored_seq:
+                    self.stats.events_duplicate += 1
+                    return self._answer(user, sl, k, seq, "duplicate")
+                new = UserState(
+                    cell=self._state_key,
+                    state=state[0].copy(),
+                    seq=seq if seq is not None else stored_seq,
+                    n=len(idx),
+                    recent=kept[-self.keep_history :] if self.keep_history else [],
+                    top_items=None if ti is None else ti[0].copy(),
+                    top_scores=None if ts is None else ts[0].copy(),
+                )
+                if not self.store.commit({user: (sl.expected, new)}):
+                    return self._recs(user, new, k, new.seq)
+                self.stats.commit_conflicts += 1
+        raise Conflict(f"user {user!r}: another writer kept changing the record; retry the PUT")
 
     def forget(self, user: str) -> bool:
         user = check_user(user)

@@ -61,3 +61,28 @@ class UnknownUser(RuntimeUserError):
 class TooLarge(RuntimeUserError):
     status = 413
     code = "too_large"
+
+
+class CorruptState(RuntimeUserError):
+    """A user's stored record cannot be read by this cell (wrong length, undecodable bytes)."""
+
+    status = 500
+    code = "corrupt_state"
+
+
+class Conflict(RuntimeUserError):
+    """Another writer kept changing the user's record; nothing was applied, retry later."""
+
+    status = 503
+    code = "conflict"
+
+
+class BodyTimeout(RuntimeUserError):
+    """The client stopped sending its request body."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete: nothing is applied."""

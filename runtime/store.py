@@ -1,15 +1,29 @@
-"""Per-user state stores: bounded in-memory LRU and a durable SQLite (WAL) store.
+"""Per-user state stores: one record (`UserState`), one interface, three backends.
 
-A store maps a user id to a `UserState`. `put_many` is atomic: the engine writes every state a
-batch changed in one call, and only then answers the batch, so an acknowledged event is in the
-store. SQLite in WAL mode commits by appending to the log; with `synchronous=NORMAL` a commit
-survives the process being killed (kill -9) -- the OS already holds the bytes -- and with
-`synchronous=FULL` (`--durability full`) it also survives power loss, at an fsync per batch.
+The record is what the server acknowledges: the cell state after the user's last applied event,
+the newest client `seq`, which cell made it, how many events it holds, a revision number for
+compare-and-set, and the user's most recent items as *external* ids (so a different cell, with
+another vocabulary, can replay them; exclude-seen maps them to this cell's ids when it runs).
+
+Every store implements `StateStore`:
+- `get_many(users)` -> the records that exist;
+- `commit({user: (expected_rev, record)})` -> the users whose compare failed. Per user and
+  atomically, the record is written iff the stored revision equals `expected_rev` (None: the
+  user must be absent); the stored record gets `rev = expected_rev + 1` (or 1). Nothing is
+  written for a user whose compare failed; everything else is durable when it returns.
+- `delete`, `count`, `scan` (a cursor walk over user ids for background sweeps), `flush`, `close`.
+
+Backends: `MemoryStore` (bounded LRU, tests and caches), `SQLiteStore` (one file, WAL; one
+process at a time, enforced by an advisory lock), and `recblr.runtime.redis_store.RedisStore`
+(any number of replicas), chosen by `open_store(spec)`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,25 +32,97 @@ from typing import Protocol
 
 import numpy as np
 
+from recblr.runtime import jsonio
+from recblr.runtime.errors import RuntimeUserError
+
+DEFAULT_KEEP_HISTORY = 200
+CORRUPT_CELL = "!corrupt"  # the `cell` of a record whose bytes could not be decoded
+
 
 @dataclass
 class UserState:
+    """One user's record. `rev` is set by the store on every write (never by the caller)."""
+
     cell: str  # state key of the cell that produced `state` (CellInfo.state_key)
     state: np.ndarray  # float32 [S]
     seq: int | None = None  # the newest applied client sequence number, if clients send one
-    n: int = 0  # events applied
-    recent: list[int] = field(default_factory=list)  # last internal item ids, oldest first
-    top_items: np.ndarray | None = None  # int64 [K] after the last event
+    n: int = 0  # events applied to `state`
+    rev: int = 0  # record revision: 1 after the first write, +1 on every write
+    recent: list[str] = field(default_factory=list)  # last external item ids, oldest first
+    top_items: np.ndarray | None = None  # int64 [K] internal ids after the last event
     top_scores: np.ndarray | None = None  # float32 [K]
 
 
+class StoreError(RuntimeUserError):
+    """The state store cannot be opened or used as configured."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class StateStore(Protocol):
+    kind: str
+
     def get_many(self, users: list[str]) -> dict[str, UserState]: ...
-    def put_many(self, states: dict[str, UserState]) -> None: ...
+    def commit(self, writes: dict[str, tuple[int | None, UserState]]) -> set[str]: ...
     def delete(self, user: str) -> bool: ...
     def count(self) -> int: ...
+    def scan(self, cursor: int | str, count: int) -> tuple[int | str, list[str]]: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------- the record's bytes
+_F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
+_HEAD = struct.Struct("<4sI")  # magic, header length
+_MAGIC = b"RBU1"
+
+
+def encode_record(s: UserState) -> bytes:
+    """One record as bytes (every persistent store writes exactly these): a small JSON header
+    (cell, seq, n, rev, recent, k) and then the raw float32 state, int64 top items and
+    float32 top scores."""
+    state = s.state if s.state.dtype == _F32 else s.state.astype(_F32)
+    k = -1 if s.top_items is None else len(s.top_items)
+    head = jsonio.dumps(
+        {"cell": s.cell, "seq": s.seq, "n": s.n, "rev": s.rev, "recent": s.recent, "k": k}
+    )
+    parts = [_HEAD.pack(_MAGIC, len(head)), head, state.tobytes()]
+    if k >= 0:
+        parts.append(np.ascontiguousarray(s.top_items, dtype=_I64).tobytes())
+        parts.append(np.ascontiguousarray(s.top_scores, dtype=_F32).tobytes())
+    return b"".join(parts)
+
+
+def decode_record(raw: bytes) -> UserState:
+    """The inverse of `encode_record` (the arrays own their memory)."""
+    magic, n = _HEAD.unpack_from(raw)
+    if magic != _MAGIC:
+        raise ValueError("not a recblr user record")
+    start = _HEAD.size + n
+    h = jsonio.loads(raw[_HEAD.size : start])
+    k = h["k"]
+    tail = len(raw) - start - (12 * k if k >= 0 else 0)
+    if tail < 0 or tail % 4:
+        raise ValueError("truncated recblr user record")
+    state = np.frombuffer(raw[start : start + tail], _F32)
+    ti = ts = None
+    if k >= 0:
+        p = start + tail
+        ti = np.frombuffer(raw[p : p + 8 * k], _I64)
+        ts = np.frombuffer(raw[p + 8 * k : p + 12 * k], _F32)
+    return UserState(
+        cell=h["cell"], state=state, seq=h["seq"], n=h["n"], rev=h["rev"],
+        recent=h["recent"], top_items=ti, top_scores=ts,
+    )  # fmt: skip
+
+
+def _after(cursor: int | str, keys, count: int) -> tuple[int | str, list[str]]:
+    """The scan rule shared by the stores that walk user ids in sorted order: the cursor is
+    the last id returned (0 starts); 0 comes back when the walk is done."""
+    ks = sorted(k for k in keys if cursor == 0 or k > cursor)[: max(1, count)]
+    return (ks[-1] if len(ks) == max(1, count) else 0), ks
 
 
 class MemoryStore:
@@ -62,14 +148,21 @@ class MemoryStore:
                     out[u] = s
         return out
 
-    def put_many(self, states: dict[str, UserState]) -> None:
+    def commit(self, writes: dict[str, tuple[int | None, UserState]]) -> set[str]:
+        failed = set()
         with self._lock:
-            for u, s in states.items():
+            for u, (expected, s) in writes.items():
+                cur = self._d.get(u)
+                if (cur.rev if cur is not None else None) != expected:
+                    failed.add(u)
+                    continue
+                s.rev = (expected or 0) + 1
                 self._d[u] = s
                 self._d.move_to_end(u)
             while len(self._d) > self.capacity:
                 self._d.popitem(last=False)
                 self.evicted += 1
+        return failed
 
     def delete(self, user: str) -> bool:
         with self._lock:
@@ -77,6 +170,11 @@ class MemoryStore:
 
     def count(self) -> int:
         return len(self._d)
+
+    def scan(self, cursor: int | str, count: int) -> tuple[int | str, list[str]]:
+        with self._lock:
+            keys = list(self._d)
+        return _after(cursor, keys, count)
 
     def flush(self) -> None:
         pass
@@ -86,93 +184,101 @@ class MemoryStore:
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS user_state (
+CREATE TABLE IF NOT EXISTS user_record (
     user TEXT PRIMARY KEY,
-    cell TEXT NOT NULL,
-    seq INTEGER,
-    n INTEGER NOT NULL,
-    state BLOB NOT NULL,
-    recent BLOB NOT NULL,
-    top_items BLOB,
-    top_scores BLOB
+    rev INTEGER NOT NULL,
+    record BLOB NOT NULL
 ) WITHOUT ROWID
 """
-
-
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?)"
 
 
 def _insert_sql(n: int) -> str:
-    return (
-        "INSERT OR REPLACE INTO user_state "
-        "(user, cell, seq, n, state, recent, top_items, top_scores) VALUES " + ", ".join([_ROW] * n)
-    )
+    return "INSERT OR REPLACE INTO user_record (user, rev, record) VALUES " + ", ".join([_ROW] * n)
 
 
-def _raw(a, dtype) -> bytes:
-    """The array's bytes as `dtype`, without a conversion when it already is one."""
-    if isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous:
-        return a.tobytes()
-    return np.ascontiguousarray(a, dtype=dtype).tobytes()
-
-
-_I64 = np.dtype(np.int64)
-_F32 = np.dtype(np.float32)
-
-
-def _pack(s: UserState) -> tuple:
-    return (
-        s.cell,
-        s.seq,
-        s.n,
-        _raw(s.state, _F32),
-        np.asarray(s.recent, dtype=_I64).tobytes() if s.recent else b"",
-        None if s.top_items is None else _raw(s.top_items, _I64),
-        None if s.top_scores is None else _raw(s.top_scores, _F32),
-    )
-
-
-def _unpack(row) -> UserState:
-    cell, seq, n, state, recent, ti, ts = row
-    return UserState(
-        cell=cell,
-        seq=seq,
-        n=n,
-        state=np.frombuffer(state, dtype=np.float32).copy(),
-        recent=np.frombuffer(recent, dtype=np.int64).tolist(),
-        top_items=None if ti is None else np.frombuffer(ti, dtype=np.int64).copy(),
-        top_scores=None if ts is None else np.frombuffer(ts, dtype=np.float32).copy(),
-    )
+def _migrate_v0(db: sqlite3.Connection) -> int:
+    """Files written before the one-record schema hold a `user_state` table whose recent
+    items are internal ids of an unknown cell: the states are kept (they still carry their
+    cell key), the recent items are dropped. Returns how many users were moved."""
+    has = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='user_state'"
+    ).fetchone()
+    if not has:
+        return 0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.execute(
+            "SELECT user, cell, seq, n, state, top_items, top_scores FROM user_state"
+        ).fetchall()
+        for user, cell, seq, n, state, ti, ts in rows:
+            rec = UserState(
+                cell=cell, state=np.frombuffer(state, _F32), seq=seq, n=n, rev=1,
+                top_items=None if ti is None else np.frombuffer(ti, _I64),
+                top_scores=None if ts is None else np.frombuffer(ts, _F32),
+            )  # fmt: skip
+            db.execute(_insert_sql(1), (user, 1, encode_record(rec)))
+        db.execute("DROP TABLE user_state")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return len(rows)
 
 
 class SQLiteStore:
     """Durable store in one SQLite file (WAL). One writer connection, guarded by a lock.
 
-    Reads go through a bounded write-through LRU (`cache_users` states): a state enters it only
-    once it is committed (or read back), so the cache never holds anything SQLite does not.
-    WAL checkpoints run on a second connection in a background thread (`wal_autocheckpoint`
-    is off on the writer), so a commit only appends to the log and never pays a checkpoint.
+    One process at a time: the file is locked (`flock` on `PATH.lock`) while the store is open,
+    and a second process is refused with a `StoreError` naming the file; several replicas share
+    a Redis/Valkey store instead. Because no other process writes, the bounded write-through
+    LRU (`cache_users` records) is authoritative, and a commit whose users are all cached
+    checks their revisions there and writes in one autocommit statement; other commits
+    compare against the table inside one IMMEDIATE transaction. `exclusive=False` skips the
+    lock and the cache (every compare goes to the table), for tools that open a live file.
+
+    WAL is required: if the filesystem refuses it, the store refuses to open (the promise
+    "an acknowledged event survives kill -9" rests on WAL's append-only commits). With
+    `synchronous=NORMAL` a commit survives the process being killed; with `synchronous=FULL`
+    (`--durability full`) it also survives power loss, at an fsync per batch. Checkpoints run
+    on a second connection in a background thread, so a commit only appends to the log.
     """
 
     kind = "sqlite"
-    ROWS_PER_STATEMENT = 256  # 8 parameters a row: well under SQLite's 32766
+    ROWS_PER_STATEMENT = 256  # 3 parameters a row: well under SQLite's 32766
     CHECKPOINT_BYTES = 4 << 20  # wake the checkpointer after about this much was written
     WAL_RESET_BYTES = 16 << 20  # the writer completes a checkpoint after about this much
 
-    def __init__(self, path: str | Path, durability: str = "normal", cache_users: int = 100_000):
+    def __init__(
+        self,
+        path: str | Path,
+        durability: str = "normal",
+        cache_users: int = 100_000,
+        exclusive: bool = True,
+    ):
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
         self.path = Path(path)
+        self.exclusive = exclusive
+        self._lockfile = self._take_lock() if exclusive else None
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             str(self.path), check_same_thread=False, isolation_level=None, timeout=30
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            self._db.close()
+            self._release_lock()
+            raise StoreError(
+                f"state file {self.path}: SQLite cannot use WAL here (journal mode {mode!r}); "
+                "put the state file on a local filesystem"
+            )
         self._db.execute(f"PRAGMA synchronous={durability.upper()}")
         self._db.execute(_SCHEMA)
-        self._count = self._db.execute("SELECT COUNT(*) FROM user_state").fetchone()[0]
+        self.migrated = _migrate_v0(self._db)
+        self._count = self._db.execute("SELECT COUNT(*) FROM user_record").fetchone()[0]
         self._cache: OrderedDict[str, UserState] = OrderedDict()
-        self._cache_cap = max(0, int(cache_users))
+        self._cache_cap = max(0, int(cache_users)) if exclusive else 0
         self.cache_hits = 0
         self.cache_misses = 0
         self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -193,6 +299,31 @@ class SQLiteStore:
             target=self._checkpointer, name="sqlite-checkpoint", daemon=True
         )
         self._ckpt.start()
+
+    # ------------------------------------------------------------- one process per file
+    def _take_lock(self):
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        f = open(lock_path, "a+")  # noqa: SIM115 - held open for the store's lifetime
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StoreError(
+                f"state file {self.path} is in use by {holder}; one server per state file "
+                "(stop the other, use another --state, or share a redis:// store)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}\n")
+        f.flush()
+        return f
+
+    def _release_lock(self) -> None:
+        if self._lockfile is not None:
+            self._lockfile.close()  # closing drops the flock
+            self._lockfile = None
 
     # ------------------------------------------------------------- background checkpoints
     def _checkpointer(self) -> None:
@@ -217,6 +348,12 @@ class SQLiteStore:
         while len(c) > self._cache_cap:
             c.popitem(last=False)
 
+    def _select(self, users: list[str], what: str):
+        for i in range(0, len(users), 500):
+            part = users[i : i + 500]
+            q = f"SELECT user, {what} FROM user_record WHERE user IN ({','.join('?' * len(part))})"
+            yield from self._db.execute(q, part)
+
     def get_many(self, users: list[str]) -> dict[str, UserState]:
         out: dict[str, UserState] = {}
         if not users:
@@ -234,36 +371,39 @@ class SQLiteStore:
                     out[u] = s
             self.cache_hits += len(uniq) - len(miss)
             self.cache_misses += len(miss)
-            for i in range(0, len(miss), 500):
-                part = miss[i : i + 500]
-                q = (
-                    "SELECT user, cell, seq, n, state, recent, top_items, top_scores "
-                    f"FROM user_state WHERE user IN ({','.join('?' * len(part))})"
-                )
-                for row in self._db.execute(q, part):
-                    s = _unpack(row[1:])
-                    out[row[0]] = s
-                    self._cache_put(row[0], s)
+            for user, rev, raw in self._select(miss, "rev, record"):
+                try:
+                    s = decode_record(raw)
+                except (ValueError, KeyError, TypeError, struct.error):
+                    # unreadable bytes fail this user only (the engine answers corrupt_state)
+                    s = UserState(cell=CORRUPT_CELL, state=np.empty(0, _F32), rev=rev)
+                out[user] = s
+                self._cache_put(user, s)
         return out
 
-    def put_many(self, states: dict[str, UserState]) -> None:
-        if not states:
-            return
-        rows = [(u, *_pack(s)) for u, s in states.items()]
-        nbytes = sum(len(r[4]) + len(r[5]) + 200 for r in rows)
+    def commit(self, writes: dict[str, tuple[int | None, UserState]]) -> set[str]:
+        if not writes:
+            return set()
         with self._lock:
-            # users in the cache are known to be in the table; only the others are counted
-            unknown = [r[0] for r in rows if r[0] not in self._cache]
-            if not unknown and len(rows) <= self.ROWS_PER_STATEMENT:
-                # one multi-row statement is one atomic autocommit transaction, and one
-                # sqlite3_step: the GIL is dropped and retaken once per batch, not per row
-                self._db.execute(_insert_sql(len(rows)), [v for r in rows for v in r])
-                before = 0
+            c = self._cache
+            cached = self._cache_cap and len(writes) <= self.ROWS_PER_STATEMENT
+            if cached and all(u in c for u in writes):
+                # the cache is authoritative (no other writer): compare there, and write in
+                # one multi-row statement = one autocommit transaction, one sqlite3_step
+                failed = {u for u, (exp, _) in writes.items() if c[u].rev != exp}
+                rows = self._rows(writes, failed)
+                if rows:
+                    self._db.execute(_insert_sql(len(rows)), [v for r in rows for v in r])
+                added = 0
             else:
-                before = self._put_txn(rows, unknown)
-            self._count += len(unknown) - before
-            for u, s in states.items():  # only after the commit
-                self._cache_put(u, s)
+                failed, rows, added = self._commit_txn(writes)
+            self._count += added
+            for u, (_, s) in writes.items():  # only after the commit
+                if u not in failed:
+                    self._cache_put(u, s)
+                else:
+                    c.pop(u, None)  # a stale cached record is what made it fail: re-read
+            nbytes = sum(len(r[2]) + 64 for r in rows)
             self._written += nbytes
             if self._written >= self.CHECKPOINT_BYTES:
                 self._written = 0
@@ -271,6 +411,36 @@ class SQLiteStore:
             self._since_reset += nbytes
             if self._since_reset >= self.WAL_RESET_BYTES:
                 self._finish_checkpoint()
+        return failed
+
+    @staticmethod
+    def _rows(writes, failed) -> list[tuple]:
+        rows = []
+        for u, (exp, s) in writes.items():
+            if u in failed:
+                continue
+            s.rev = (exp or 0) + 1
+            rows.append((u, s.rev, encode_record(s)))
+        return rows
+
+    def _commit_txn(self, writes) -> tuple[set[str], list[tuple], int]:
+        """Compare and write in one IMMEDIATE transaction (it holds the file's write lock
+        from the compare to the commit). Returns (failed users, rows written, users added)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            stored = dict(self._select(list(writes), "rev"))
+            failed = {u for u, (exp, _) in writes.items() if stored.get(u) != exp}
+            rows = self._rows(writes, failed)
+            n = self.ROWS_PER_STATEMENT
+            for i in range(0, len(rows), n):
+                part = rows[i : i + n]
+                self._db.execute(_insert_sql(len(part)), [v for r in part for v in r])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        added = sum(1 for u, _, _ in rows if u not in stored)
+        return failed, rows, added
 
     def _finish_checkpoint(self) -> None:
         """Under the writer lock: backfill what the background checkpoints have not yet (they
@@ -285,45 +455,41 @@ class SQLiteStore:
         if not busy and log == done:
             self._since_reset = 0
 
-    def _put_txn(self, rows: list[tuple], unknown: list[str]) -> int:
-        """Write `rows` in one explicit transaction; returns how many `unknown` users were
-        already in the table."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            before = 0
-            for i in range(0, len(unknown), 500):
-                part = unknown[i : i + 500]
-                before += self._db.execute(
-                    f"SELECT COUNT(*) FROM user_state WHERE user IN ({','.join('?' * len(part))})",
-                    part,
-                ).fetchone()[0]
-            n = self.ROWS_PER_STATEMENT
-            for i in range(0, len(rows), n):
-                part = rows[i : i + n]
-                self._db.execute(_insert_sql(len(part)), [v for r in part for v in r])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return before
-
     def delete(self, user: str) -> bool:
         with self._lock:
             self._cache.pop(user, None)
-            cur = self._db.execute("DELETE FROM user_state WHERE user = ?", (user,))
+            cur = self._db.execute("DELETE FROM user_record WHERE user = ?", (user,))
             gone = cur.rowcount > 0
             self._count -= int(gone)
             return gone
 
     def count(self) -> int:
+        if not self.exclusive:
+            with self._lock:
+                return self._db.execute("SELECT COUNT(*) FROM user_record").fetchone()[0]
         return self._count
+
+    def scan(self, cursor: int | str, count: int) -> tuple[int | str, list[str]]:
+        n = max(1, int(count))
+        with self._lock:
+            if cursor == 0:
+                rows = self._db.execute(
+                    "SELECT user FROM user_record ORDER BY user LIMIT ?", (n,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT user FROM user_record WHERE user > ? ORDER BY user LIMIT ?",
+                    (str(cursor), n),
+                ).fetchall()
+        users = [r[0] for r in rows]
+        return (users[-1] if len(users) == n else 0), users
 
     def flush(self) -> None:
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        """Checkpoint and close; a second call does nothing."""
+        """Checkpoint, close and release the file; a second call does nothing."""
         if self._closed:
             return
         self._closed = True
@@ -336,11 +502,17 @@ class SQLiteStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+                self._release_lock()
 
 
 def open_store(spec: str, durability: str = "normal", capacity: int = 1_000_000) -> StateStore:
-    """'memory' -> MemoryStore(capacity); anything else is a SQLite file path."""
+    """'memory' -> MemoryStore(capacity); 'redis://...' or 'valkey://...' -> RedisStore(url)
+    (imported only then); anything else ('sqlite:PATH' or a path) -> SQLiteStore."""
     if spec == "memory":
         return MemoryStore(capacity)
+    if spec.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://")):
+        from recblr.runtime.redis_store import RedisStore
+
+        return RedisStore(spec)
     path = spec[len("sqlite:") :] if spec.startswith("sqlite:") else spec
     return SQLiteStore(path, durability=durability)

@@ -26,7 +26,12 @@ def _shares_state(first: Path, second: Path) -> bool:
     e1.step(["u"], ["1001"])
     e2 = Engine(second, providers="cpu", store=store)
     shared = e2.get_state("u") is not None
+    assert e2.stats.stale_states_reset == 0  # a read resets nothing
+    first, second = e2.step(["u", "u"], ["1002", "1003"], seqs=[5, 6])
+    # a reset is said in the answer and counted once per user, not per read or event
+    assert first.reset == second.reset == (None if shared else "cell_changed")
     assert e2.stats.stale_states_reset == (0 if shared else 1)
+    assert e2.step(["u"], ["1004"])[0].reset is None and e2.get_state("u").n == (4 if shared else 3)
     return shared
 
 
@@ -57,7 +62,7 @@ def test_non_finite_output_is_an_error_and_never_stored(cell):
     eng = Engine(cell, providers="cpu", store=store)
     eng.step(["ok"], ["1001"])
     bad = np.full(eng.state_size, np.nan, dtype=np.float32)
-    store.put_many({"bad": UserState(cell=eng.state_key, state=bad)})
+    store.commit({"bad": (None, UserState(cell=eng.state_key, state=bad))})
     res = eng.apply([Event("bad", "1001"), Event("ok", "1002")])
     assert isinstance(res[0], NonFiniteOutput) and res[0].status == 500
     assert "bad" in str(res[0]) and "PUT its history" in str(res[0])

@@ -1,4 +1,5 @@
-"""SQLiteStore: write-through read cache, exact user count, background WAL checkpoints."""
+"""Stores: one record codec, compare-and-set commits, scan, one process per SQLite file,
+write-through read cache, exact user count, background WAL checkpoints."""
 
 from __future__ import annotations
 
@@ -6,20 +7,115 @@ import sqlite3
 import time
 
 import numpy as np
+import pytest
 
-from recblr.runtime.store import SQLiteStore, UserState
+from recblr.runtime.store import (
+    MemoryStore,
+    SQLiteStore,
+    StoreError,
+    UserState,
+    decode_record,
+    encode_record,
+)
 
 
 def _st(v: float, n: int = 1) -> UserState:
-    return UserState(cell="c", state=np.full(1024, v, np.float32), n=n, recent=[1, 2])
+    return UserState(cell="c", state=np.full(1024, v, np.float32), n=n, recent=["1", "2"])
+
+
+def _rev(got: dict, u: str):
+    return got[u].rev if u in got else None
+
+
+def test_record_round_trips():
+    s = UserState(
+        cell="k", state=np.arange(6, dtype=np.float32), seq=7, n=3, rev=2, recent=["a/b", "é"],
+        top_items=np.array([3, 1], np.int64), top_scores=np.array([0.5, -1.0], np.float32),
+    )  # fmt: skip
+    t = decode_record(encode_record(s))
+    assert (t.cell, t.seq, t.n, t.rev, t.recent) == ("k", 7, 3, 2, ["a/b", "é"])
+    assert np.array_equal(t.state, s.state) and t.state.dtype == np.float32
+    assert t.top_items.tolist() == [3, 1] and t.top_scores.tolist() == [0.5, -1.0]
+    empty = decode_record(encode_record(UserState(cell="k", state=np.zeros(4, np.float32))))
+    assert empty.top_items is None and empty.seq is None and empty.state.shape == (4,)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_commit_is_compare_and_set(kind, tmp_path):
+    s = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "s.db")
+    assert s.commit({"a": (None, _st(1)), "b": (None, _st(2))}) == set()
+    got = s.get_many(["a", "b", "zz"])
+    assert sorted(got) == ["a", "b"] and got["a"].rev == 1
+    # a's compare holds, b's does not (b is at rev 1, not 5): only a is written
+    assert s.commit({"a": (1, _st(3)), "b": (5, _st(4)), "c": (2, _st(5))}) == {"b", "c"}
+    got = s.get_many(["a", "b", "c"])
+    assert got["a"].rev == 2 and got["a"].state[0] == 3 and got["b"].state[0] == 2
+    assert "c" not in got
+    assert s.commit({"a": (None, _st(6))}) == {"a"}  # "absent" expected, but a exists
+    assert s.delete("a") and s.commit({"a": (None, _st(7))}) == set()
+    assert s.get_many(["a"])["a"].rev == 1
+    s.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_scan_walks_every_user_once(kind, tmp_path):
+    s = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "s.db")
+    users = [f"u{i:03d}" for i in range(23)] + ["acme/alice"]
+    s.commit({u: (None, _st(1)) for u in users})
+    seen, cursor = [], 0
+    while True:
+        cursor, part = s.scan(cursor, 5)
+        assert len(part) <= 5
+        seen += part
+        if cursor == 0:
+            break
+    assert sorted(seen) == sorted(users)
+    s.close()
+
+
+def test_two_stores_on_one_file_stay_correct(tmp_path):
+    """Without the process lock (exclusive=False: no cache), the compare-and-set keeps two
+    writers from overwriting each other's records."""
+    p = tmp_path / "s.db"
+    a, b = SQLiteStore(p, exclusive=False), SQLiteStore(p, exclusive=False)
+    assert not a.commit({"u": (None, _st(1, n=1))})
+    seen_by_a = a.get_many(["u"])["u"]
+    assert not b.commit({"u": (1, _st(2, n=2))})
+    assert a.commit({"u": (seen_by_a.rev, _st(3, n=2))}) == {"u"}  # a's read is stale
+    assert a.get_many(["u"])["u"].n == 2 and a.count() == 1
+    a.close(), b.close()
+
+
+def test_second_process_on_one_file_is_refused(tmp_path):
+    p = tmp_path / "s.db"
+    s = SQLiteStore(p)
+    with pytest.raises(StoreError, match="in use by process"):
+        SQLiteStore(p)
+    s.close()
+    SQLiteStore(p).close()  # released on close
+
+
+def test_undecodable_record_is_marked_not_raised(tmp_path):
+    p = tmp_path / "s.db"
+    s = SQLiteStore(p)
+    s.commit({"ok": (None, _st(1))})
+    s.close()
+    db = sqlite3.connect(p)
+    db.execute("INSERT INTO user_record VALUES ('bad', 1, x'00010203')")
+    db.commit()
+    db.close()
+    s = SQLiteStore(p)
+    got = s.get_many(["ok", "bad"])
+    assert got["ok"].state[0] == 1 and got["bad"].cell == "!corrupt" and got["bad"].rev == 1
+    s.close()
 
 
 def test_cache_count_and_durability(tmp_path):
     p = tmp_path / "s.db"
     s = SQLiteStore(p, cache_users=2)
-    s.put_many({"a": _st(1), "b": _st(2), "c": _st(3)})  # "a" falls out of the cache
-    assert s.count() == 3
-    s.put_many({"a": _st(4, 2), "c": _st(5, 2)})  # one uncached user, one cached: no new rows
+    assert not s.commit({u: (None, _st(v)) for u, v in (("a", 1), ("b", 2), ("c", 3))})
+    assert s.count() == 3  # "a" fell out of the cache
+    assert not s.commit({"a": (1, _st(4, 2)), "c": (1, _st(5, 2))})  # uncached + cached
     assert s.count() == 3
     got = s.get_many(["a", "b", "c", "zz"])
     assert sorted(got) == ["a", "b", "c"] and got["a"].n == 2 and got["c"].state[0] == 5
@@ -27,7 +123,7 @@ def test_cache_count_and_durability(tmp_path):
     assert "b" not in s.get_many(["b"])
     # every committed state is in the file, read by another connection (no cache involved)
     db = sqlite3.connect(p)
-    rows = dict(db.execute("SELECT user, n FROM user_state").fetchall())
+    rows = dict(db.execute("SELECT user, rev FROM user_record").fetchall())
     db.close()
     assert rows == {"a": 2, "c": 2}
     s.close()
@@ -43,7 +139,8 @@ def test_background_checkpoint_keeps_wal_bounded(tmp_path):
 
     def burst(i):
         for _ in range(50):
-            s.put_many({f"u{j}": _st(i) for j in range(16)})
+            cur = s.get_many([f"u{j}" for j in range(16)])
+            s.commit({f"u{j}": (_rev(cur, f"u{j}"), _st(i)) for j in range(16)})
 
     def checkpointed():
         n, s._written = s.checkpoints, 0
@@ -76,7 +173,9 @@ def test_wal_stays_bounded_under_continuous_writes(tmp_path):
     s.CHECKPOINT_BYTES, s.WAL_RESET_BYTES = 64 << 10, 512 << 10
     biggest = 0
     for i in range(600):
-        s.put_many({f"u{(i * 8 + j) % 64}": _st(i) for j in range(8)})
+        users = [f"u{(i * 8 + j) % 64}" for j in range(8)]
+        cur = s.get_many(users)
+        s.commit({u: (_rev(cur, u), _st(i)) for u in users})
         biggest = max(biggest, wal.stat().st_size)
     assert biggest < 4 << 20  # 600 * 8 states of 4 KiB each would be over 19 MiB
     s.close()
