@@ -237,6 +237,50 @@ def test_valkey_scheme_is_accepted(valkey):
 ITEMS = [str(1000 + i) for i in range(1, 61)]
 
 
+def _fresh_db(valkey, db: int) -> RedisStore:
+    s = RedisStore(f"{valkey.url[: -len('/0')]}/{db}")
+    s._r.flushdb()
+    return s
+
+
+def test_two_engines_race_on_every_event_and_apply_it_once(cell, valkey, replay_fn):
+    """Two engines (as two replicas would) on one Valkey apply the same seq-numbered batches
+    at the same moment: each event is applied by exactly one of them, the other answers
+    "duplicate" after losing the compare-and-set, and every state equals the replay."""
+    from recblr.runtime.engine import Engine, Event
+
+    probe = _fresh_db(valkey, 2)
+    rng = random.Random(5)
+    per_user, users = 6, [f"u{i}" for i in range(40)]
+    plan = {u: [rng.choice(ITEMS) for _ in range(per_user)] for u in users}
+    engines = [Engine(cell, providers="cpu", store=RedisStore(probe.url)) for _ in range(2)]
+    answers = [[], []]
+    barrier = threading.Barrier(2)
+
+    def replica(j: int) -> None:
+        for seq in range(1, per_user + 1):
+            batch = [Event(u, plan[u][seq - 1], seq) for u in users]
+            barrier.wait(30)
+            answers[j].append(engines[j].apply(batch))
+
+    ts = [threading.Thread(target=replica, args=(j,)) for j in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    for a, b in zip(answers[0], answers[1], strict=True):
+        for ra, rb in zip(a, b, strict=True):
+            assert ra.applied + rb.applied == 1, (ra, rb)
+    got = probe.get_many(users)
+    for u, items in plan.items():
+        assert (got[u].n, got[u].seq, got[u].rev) == (per_user, per_user, per_user)
+        np.testing.assert_allclose(got[u].state, replay_fn(cell, items)[0], atol=1e-4)
+    assert sum(e.stats.commit_conflicts for e in engines) > 0  # they really raced
+    for e in engines:
+        e.close()
+    probe.close()
+
+
 def test_two_replicas_exactly_once_through_a_sigkill(
     cell, valkey, tmp_path, start_server, replay_fn
 ):
@@ -245,9 +289,8 @@ def test_two_replicas_exactly_once_through_a_sigkill(
     producer), retrying on another replica when one fails; one replica is SIGKILLed and
     restarted in the middle. Every user's final record must equal replaying its events once,
     in seq order, through the cell."""
-    url = valkey.url[: -len("/0")] + "/1"
-    probe = RedisStore(url)
-    probe._r.flushdb()
+    probe = _fresh_db(valkey, 1)
+    url = probe.url
     n_users, n_clients, per_user = 200, 32, 8
     rng = random.Random(3)
     plan = {f"user{u}": [rng.choice(ITEMS) for _ in range(per_user)] for u in range(n_users)}
