@@ -28,7 +28,12 @@ def user_errors(fn):
         except RecblrError as e:
             import typer  # only on the error path: keeps this module import-free
 
-            prog = os.path.basename(sys.argv[0]) or "recblr"
+            try:  # typer >= 0.17 carries its own click
+                from typer._click.globals import get_current_context
+            except ImportError:  # pragma: no cover
+                from click import get_current_context
+            ctx = get_current_context(silent=True)  # "recblr serve", "recblr-serve"
+            prog = ctx.command_path if ctx else (os.path.basename(sys.argv[0]) or "recblr")
             msg = " ".join(str(e).split()) or type(e).__name__
             print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None

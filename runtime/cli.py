@@ -1,7 +1,9 @@
 """Command lines: `recblr-serve` (HTTP server or --stdin pipe) and `recblr score`.
 
-Both are typer apps called with an argv list; a user error (RecblrError) is printed as one
-line on stderr and the process exits 2. Nothing here imports torch.
+`serve` and `score` are plain typer command functions (the `recblr` CLI registers the same
+functions as `recblr serve` / `recblr score`); `serve_main` / `score_main` are the console
+entry points. A user error (RecblrError) goes through `recblr.errors.user_errors`: one line
+`PROG: error: message` on stderr and the error's exit code. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import socket
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from recblr.errors import RecblrError
+from recblr.errors import RecblrError, user_errors
 from recblr.runtime import jsonio
+from recblr.runtime.store import DEFAULT_KEEP_HISTORY
 
 
 class StoreKind(str, Enum):
@@ -40,110 +44,165 @@ class Providers(str, Enum):
     cuda = "cuda"
 
 
+class InputFormat(str, Enum):
+    auto = "auto"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+
+
+class OutputFormat(str, Enum):
+    auto = "auto"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
-
-
-def _fail(prog: str, e: Exception) -> typer.Exit:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
-    return typer.Exit(2)
-
-
-serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
 GIL_SWITCH_US = 200
 
+# Options both commands take, declared once.
+OnnxOpt = Annotated[Path, typer.Option("--onnx", help="the exported cell (cell.onnx)")]
+ExcludeSeenOpt = Annotated[int, typer.Option(help="never recommend the user's last N items")]
+UnknownItemsOpt = Annotated[Policy, typer.Option(help="unknown item ids: error or skip")]
+ProvidersOpt = Annotated[Providers, typer.Option(help="auto (GPU if usable), cpu, cuda")]
 
-@serve_app.command()
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise RecblrError(message)
+
+
+@user_errors
 def serve(
-    onnx: Path = typer.Option(..., "--onnx", help="the exported cell (cell.onnx)"),
-    host: str = typer.Option("127.0.0.1", help="bind address (loopback unless told otherwise)"),
-    port: int = typer.Option(8000, help="TCP port (0 = pick a free one; printed at start)"),
-    state: Path = typer.Option(Path("recblr-state.db"), help="SQLite state file (--store sqlite)"),
-    store: StoreKind = typer.Option(StoreKind.sqlite, help="sqlite (durable) or memory (LRU)"),
-    memory_users: int = typer.Option(1_000_000, help="users kept by --store memory (LRU)"),
-    durability: Durability = typer.Option(
-        Durability.normal,
-        help="normal: survives kill -9; full: fsync per batch, survives power loss",
+    onnx: OnnxOpt,
+    host: Annotated[str, typer.Option(help="bind address (loopback unless told otherwise)")] = (
+        "127.0.0.1"
     ),
-    max_batch: int = typer.Option(256, help="events per ORT call (1 = micro-batching off)"),
-    max_wait_ms: float = typer.Option(2.0, help="how long a batch waits to fill"),
-    exclude_seen: int = typer.Option(0, help="never recommend the user's last N items"),
-    unknown_items: Policy = typer.Option(Policy.error, help="unknown item ids: error or skip"),
-    providers: Providers = typer.Option(Providers.auto, help="auto (GPU if usable), cpu, cuda"),
-    threads: int = typer.Option(
-        1,
-        help="ORT intra-op threads (0 = ORT default). 1 by default: serving batches are small, "
-        "and ORT's spinning pool threads compete with the event loop for the cores",
+    port: Annotated[int, typer.Option(help="TCP port (0 = pick a free one; printed at start)")] = (
+        8000
     ),
-    max_body_bytes: int = typer.Option(1 << 20, help="largest request body / NDJSON line"),
-    max_history: int = typer.Option(10_000, help="longest history a PUT may send"),
-    gil_switch_us: int = typer.Option(
-        GIL_SWITCH_US,
-        help="Python's GIL switch interval in µs (0 = Python's 5,000). Shorter: the engine "
-        "thread waits less for the GIL after each ORT call while the event loop is busy",
+    state: Annotated[
+        str,
+        typer.Option(
+            help="the state store: a SQLite file (or sqlite:PATH), or redis://HOST:PORT/DB "
+            "(valkey:// too) shared by several servers"
+        ),
+    ] = "recblr-state.db",
+    store: Annotated[StoreKind, typer.Option(help="sqlite (durable, --state) or memory (LRU)")] = (
+        StoreKind.sqlite
     ),
-    stdin: bool = typer.Option(False, "--stdin", help="pipe mode: NDJSON events in, recs out"),
-    log_level: str = typer.Option("warning", help="uvicorn log level: " + ", ".join(LOG_LEVELS)),
+    memory_users: Annotated[int, typer.Option(help="users kept by --store memory (LRU)")] = (
+        1_000_000
+    ),
+    durability: Annotated[
+        Durability,
+        typer.Option(help="normal: survives kill -9; full: fsync per batch, survives power loss"),
+    ] = Durability.normal,
+    max_batch: Annotated[int, typer.Option(help="events per ORT call (1 = no micro-batching)")] = (
+        256
+    ),
+    max_wait_ms: Annotated[float, typer.Option(help="how long a batch waits to fill")] = 2.0,
+    exclude_seen: ExcludeSeenOpt = 0,
+    keep_history: Annotated[
+        int,
+        typer.Option(
+            help="recent items kept per user (at least --exclude-seen), as external ids: "
+            "GET /v1/users/{user}/history returns them"
+        ),
+    ] = DEFAULT_KEEP_HISTORY,
+    unknown_items: UnknownItemsOpt = Policy.error,
+    providers: ProvidersOpt = Providers.auto,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="ORT intra-op threads (0 = ORT default). 1 by default: serving batches are "
+            "small, and ORT's spinning pool threads compete with the event loop for the cores"
+        ),
+    ] = 1,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body / NDJSON line")] = (
+        1 << 20
+    ),
+    max_history: Annotated[int, typer.Option(help="longest history a PUT may send")] = 10_000,
+    body_timeout: Annotated[
+        float,
+        typer.Option(help="seconds a request body (or a stream's next chunk) may take to arrive"),
+    ] = 10.0,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(help="seconds open requests get to finish after SIGTERM"),
+    ] = 10.0,
+    gil_switch_us: Annotated[
+        int,
+        typer.Option(
+            help="Python's GIL switch interval in µs (0 = Python's 5,000). Shorter: the engine "
+            "thread waits less for the GIL after each ORT call while the event loop is busy"
+        ),
+    ] = GIL_SWITCH_US,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="pipe mode: NDJSON events in, recs out")
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn log level: " + ", ".join(LOG_LEVELS))
+    ] = "warning",
 ) -> None:
     """Serve incremental recommendations from an exported RecBLR cell."""
-    prog = "recblr-serve"
-    if not 0 <= port <= 65535:
-        raise _fail(prog, ValueError(f"--port {port}: must be in 0..65535 (0 = any free port)"))
-    if log_level.lower() not in LOG_LEVELS:
-        raise _fail(
-            prog, ValueError(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
-        )
-    if not 0 <= gil_switch_us <= 1_000_000:
-        msg = f"--gil-switch-us {gil_switch_us}: must be in 0..1000000 (0 = Python's default)"
-        raise _fail(prog, ValueError(msg))
+    _check(0 <= port <= 65535, f"--port {port}: must be in 0..65535 (0 = any free port)")
+    _check(
+        log_level.lower() in LOG_LEVELS,
+        f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}",
+    )
+    _check(
+        0 <= gil_switch_us <= 1_000_000,
+        f"--gil-switch-us {gil_switch_us}: must be in 0..1000000 (0 = Python's default)",
+    )
+    _check(keep_history >= 0, f"--keep-history {keep_history}: must be >= 0")
+    _check(body_timeout > 0, f"--body-timeout {body_timeout}: must be > 0 seconds")
+    _check(shutdown_timeout > 0, f"--shutdown-timeout {shutdown_timeout}: must be > 0 seconds")
     from recblr.runtime.engine import Engine
-    from recblr.runtime.store import open_store
 
+    st = _open_store("memory" if store == StoreKind.memory else state, durability, memory_users)
     try:
-        st = open_store(
-            "memory" if store == StoreKind.memory else str(state),
-            durability=durability.value,
-            capacity=memory_users,
+        engine = Engine(
+            onnx,
+            providers=providers.value,
+            store=st,
+            exclude_seen=exclude_seen,
+            unknown_items=unknown_items.value,
+            threads=threads or None,
+            keep_history=keep_history,
         )
-    except RecblrError as e:
-        raise _fail(prog, e) from None
-    except Exception as e:  # e.g. the state file's folder is missing
-        why = f"folder {state.parent} does not exist" if not state.parent.is_dir() else str(e)
-        msg = f"--state {state}: cannot open the state store ({why})"
-        raise _fail(prog, ValueError(msg)) from None
-    try:
-        try:
-            engine = Engine(
-                onnx,
-                providers=providers.value,
-                store=st,
-                exclude_seen=exclude_seen,
-                unknown_items=unknown_items.value,
-                threads=threads or None,
-            )
-        except Exception as e:
-            raise _fail(prog, e) from None
         if stdin:
             run_stdin(engine, max_batch=max_batch)
             return
         set_gil_switch_interval(gil_switch_us)
+        from recblr.runtime.server import ServerSettings
+
+        settings = ServerSettings(
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_body_bytes=max_body_bytes,
+            max_history=max_history,
+            body_timeout_s=body_timeout,
+        )
         try:
-            run_http(
-                engine,
-                host,
-                port,
-                max_batch,
-                max_wait_ms,
-                max_body_bytes,
-                max_history,
-                log_level.lower(),
-            )
+            run_http(engine, host, port, settings, log_level.lower(), shutdown_timeout)
         except OSError as e:  # e.g. the port is taken, or the host cannot be bound
-            raise _fail(prog, ValueError(f"cannot listen on {host}:{port}: {e}")) from None
+            raise RecblrError(f"cannot listen on {host}:{port}: {e}") from None
     finally:
         st.close()  # idempotent: the server's shutdown may have closed it already
+
+
+def _open_store(spec: str, durability: Durability, memory_users: int):
+    from recblr.runtime.store import open_store
+
+    try:
+        return open_store(spec, durability=durability.value, capacity=memory_users)
+    except RecblrError:
+        raise
+    except Exception as e:  # e.g. the state file's folder is missing
+        parent = Path(spec.removeprefix("sqlite:")).parent
+        why = f"folder {parent} does not exist" if not parent.is_dir() else str(e)
+        raise RecblrError(f"--state {spec}: cannot open the state store ({why})") from None
 
 
 def set_gil_switch_interval(us: int) -> None:
@@ -163,25 +222,17 @@ def run_http(
     engine,
     host: str,
     port: int,
-    max_batch: int,
-    max_wait_ms: float,
-    max_body_bytes: int,
-    max_history: int,
+    settings,
     log_level: str = "warning",
+    shutdown_timeout: float = 10.0,
 ) -> None:
+    """Serve `engine` over HTTP until SIGINT/SIGTERM; open requests then get
+    `shutdown_timeout` seconds (a stalled body is cut earlier by its own timeout)."""
     import uvicorn
 
-    from recblr.runtime.server import ServerSettings, create_app
+    from recblr.runtime.server import create_app
 
-    app = create_app(
-        engine,
-        ServerSettings(
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            max_body_bytes=max_body_bytes,
-            max_history=max_history,
-        ),
-    )
+    app = create_app(engine, settings)
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only for such sockets;
     # without it Nagle + delayed ACK add ~40 ms to every response.
@@ -192,15 +243,17 @@ def run_http(
     try:  # httptools comes with uvicorn's `standard` extra; without it, uvicorn's own choice
         from recblr.runtime.httpproto import CoalescingHttpToolsProtocol as http_impl
     except ImportError as e:  # pragma: no cover
-        print(f"recblr-serve: one-write responses off ({e}); using uvicorn's default HTTP "
-              "protocol", file=sys.stderr)
+        print(
+            f"recblr-serve: one-write responses off ({e}); using uvicorn's default HTTP protocol",
+            file=sys.stderr,
+        )
         http_impl = "auto"
     config = uvicorn.Config(
         app,
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=shutdown_timeout,
         # Per-request work we do not use: client addresses from X-Forwarded-For (the app
         # never reads them; there is no access log) and a `server: uvicorn` header.
         proxy_headers=False,
@@ -259,15 +312,14 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
     and codes of /v1/stream -- and the rest go on.
     """
     from recblr.runtime.errors import RuntimeUserError
-    from recblr.runtime.server import parse_event, parse_json
+    from recblr.runtime.jsonio import LineSplitter, parse_event, parse_json
 
     out = out or sys.stdout
     err = err or sys.stderr
     # UTF-8 bytes straight to the binary layer when there is one: a text stdout in another
     # encoding (a Latin-1 locale) must not fail on a user id it cannot encode
     out_bin = getattr(out, "buffer", None)
-    lineno = 0
-    buf = b""
+    splitter = LineSplitter(1 << 20)
 
     def answer_line(obj) -> None:
         if out_bin is not None:
@@ -278,18 +330,20 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
     def error_line(n: int, e: RuntimeUserError) -> None:  # the shape /v1/stream answers
         err.write(jsonio.dumps_line({"line": n, "error": str(e), "code": e.code}))
 
-    def process(lines: list[tuple[int, bytes]]) -> None:
+    def process(lines: list) -> None:
         for i in range(0, len(lines), max_batch):
             part = lines[i : i + max_batch]
             evs, slots = [], []
             for n, line in part:
                 try:
+                    if isinstance(line, RuntimeUserError):
+                        raise line
                     evs.append(parse_event(parse_json(line), engine))
                     slots.append(n)
                 except RuntimeUserError as e:
                     error_line(n, e)
             if evs:
-                for n, r in zip(slots, engine.apply(evs), strict=False):
+                for n, r in zip(slots, engine.apply(evs), strict=True):
                     if isinstance(r, RuntimeUserError):
                         error_line(n, r)
                     elif isinstance(r, Exception):
@@ -299,75 +353,78 @@ def run_stdin(engine, max_batch: int = 256, fd_in: int = 0, out=None, err=None) 
             (out_bin if out_bin is not None else out).flush()
             err.flush()
 
-    while True:
-        chunk = os.read(fd_in, 1 << 16)
-        if not chunk:
-            break
-        buf += chunk
-        *complete, buf = buf.split(b"\n")
-        lines = []
-        for line in complete:
-            lineno += 1
-            if line.strip():
-                lines.append((lineno, line))
-        if lines:
+    while chunk := os.read(fd_in, 1 << 16):
+        if lines := splitter.feed(chunk):
             process(lines)
-    if buf.strip():
-        process([(lineno + 1, buf)])
+    process(splitter.finish())  # stdin ended normally: its last line is complete
 
 
-score_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-@score_app.command()
+@user_errors
 def score(
-    onnx: Path = typer.Option(..., "--onnx", help="the exported cell"),
-    input: Path = typer.Option(
-        ..., "--input", "-i", help="histories: .jsonl or interactions .csv/.tsv"
+    onnx: OnnxOpt,
+    input: Annotated[
+        Path, typer.Option("--input", "-i", help="histories: .jsonl or interactions .csv/.tsv")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="top-K per user: .jsonl or .csv")],
+    k: Annotated[int, typer.Option("--k", help="recommendations per user (0 = the cell's K)")] = 0,
+    input_format: Annotated[InputFormat, typer.Option(help="the input's format")] = (
+        InputFormat.auto
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="top-K per user: .jsonl or .csv"),
-    k: int = typer.Option(0, "--k", help="recommendations per user (0 = the cell's K)"),
-    input_format: str = typer.Option("auto", help="auto, jsonl, csv or tsv"),
-    output_format: str = typer.Option("auto", help="auto, jsonl or csv"),
-    columns: str = typer.Option(None, help="field names of a headerless CSV/TSV"),
-    sep: str = typer.Option(None, help="field separator of a CSV/TSV (default by extension)"),
-    chunk_size: int = typer.Option(1024, help="users stepped through the cell together"),
-    exclude_seen: int = typer.Option(0, help="never recommend the user's last N items"),
-    unknown_items: Policy = typer.Option(Policy.error, help="unknown item ids: error or skip"),
-    providers: Providers = typer.Option(Providers.auto),
-    threads: int = typer.Option(0, help="ORT intra-op threads (0 = ORT default)"),
-    progress: bool = typer.Option(True, help="show a progress bar on a terminal"),
+    output_format: Annotated[OutputFormat, typer.Option(help="the output's format")] = (
+        OutputFormat.auto
+    ),
+    columns: Annotated[str | None, typer.Option(help="field names of a headerless CSV/TSV")] = None,
+    sep: Annotated[
+        str | None, typer.Option(help="field separator of a CSV/TSV (default by extension)")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(help="users stepped through the cell together")] = (
+        1024
+    ),
+    exclude_seen: ExcludeSeenOpt = 0,
+    unknown_items: UnknownItemsOpt = Policy.error,
+    providers: ProvidersOpt = Providers.auto,
+    threads: Annotated[int, typer.Option(help="ORT intra-op threads (0 = ORT default)")] = 0,
+    progress: Annotated[bool, typer.Option(help="show a progress bar on a terminal")] = True,
 ) -> None:
     """Score whole histories with the cell; writes top-K per user, streaming in chunks."""
-    prog = "recblr score"
-    try:
-        from recblr.runtime.engine import Engine
-        from recblr.runtime.score import score_file
-        from recblr.runtime.store import MemoryStore
+    from recblr.runtime.engine import Engine
+    from recblr.runtime.score import score_file
+    from recblr.runtime.store import MemoryStore
 
-        engine = Engine(
-            onnx,
-            providers=providers.value,
-            store=MemoryStore(1),
-            exclude_seen=exclude_seen,
-            unknown_items=unknown_items.value,
-            threads=threads or None,
-        )
-        n = score_file(
-            engine,
-            input,
-            output,
-            k=k or None,
-            chunk_size=chunk_size,
-            in_fmt=input_format,
-            out_fmt=output_format,
-            progress=progress and sys.stderr.isatty(),
-            columns=columns,
-            sep=sep,
-        )
-    except RecblrError as e:
-        raise _fail(prog, e) from None
-    print(f"{prog}: wrote top-{k or engine.top_k} for {n} users to {output}", file=sys.stderr)
+    engine = Engine(
+        onnx,
+        providers=providers.value,
+        store=MemoryStore(1),
+        exclude_seen=exclude_seen,
+        unknown_items=unknown_items.value,
+        threads=threads or None,
+        keep_history=0,
+    )
+    n = score_file(
+        engine,
+        input,
+        output,
+        k=k or None,
+        chunk_size=chunk_size,
+        in_fmt=input_format.value,
+        out_fmt=output_format.value,
+        progress=progress and sys.stderr.isatty(),
+        columns=columns,
+        sep=sep,
+    )
+    print(f"recblr score: wrote top-{k or engine.top_k} for {n} users to {output}", file=sys.stderr)
+
+
+def _app(command) -> typer.Typer:
+    """A one-command typer app (the console entry points; `recblr` registers the same
+    functions as its `serve` and `score` subcommands)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(command)
+    return app
+
+
+serve_app = _app(serve)
+score_app = _app(score)
 
 
 def serve_main(argv: list[str] | None = None) -> None:

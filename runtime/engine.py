@@ -27,6 +27,7 @@ from recblr.runtime.errors import (
     UnknownItem,
     UnknownUser,
 )
+from recblr.runtime.jsonio import Event, check_item, check_user
 from recblr.runtime.store import (
     CORRUPT_CELL,
     DEFAULT_KEEP_HISTORY,
@@ -35,15 +36,7 @@ from recblr.runtime.store import (
     UserState,
 )
 
-MAX_USER_BYTES = 256
 UNKNOWN_POLICIES = ("error", "skip")
-
-
-@dataclass
-class Event:
-    user: str
-    item: str
-    seq: int | None = None
 
 
 @dataclass
@@ -101,24 +94,6 @@ class EngineStats:
     commit_conflicts: int = 0  # users whose compare-and-set failed (then retried)
     ort_calls: int = 0
     extra: dict = field(default_factory=dict)
-
-
-def check_user(user) -> str:
-    """A user id is a non-empty string (ints are accepted and turned into strings)."""
-    if isinstance(user, bool) or not isinstance(user, (str, int)):
-        raise BadEvent("'user' must be a string (or an integer)")
-    u = str(user)
-    if not u:
-        raise BadEvent("'user' must not be empty")
-    if len(u.encode("utf-8", "surrogatepass")) > MAX_USER_BYTES:
-        raise BadEvent(f"'user' is longer than {MAX_USER_BYTES} bytes")
-    return u
-
-
-def check_item(item) -> str:
-    if isinstance(item, bool) or not isinstance(item, (str, int)):
-        raise BadEvent("'item' must be a string (or an integer)")
-    return str(item)
 
 
 @dataclass

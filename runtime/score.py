@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -152,9 +153,12 @@ def read_interactions(
         try:
             u, item = row[ui].strip(), row[ii].strip()
             t = float(row[ti]) if ti is not None else 0.0
+            if not math.isfinite(t):  # nan sorts nowhere: the history's order is undefined
+                raise ValueError
         except (IndexError, ValueError):
             raise ScoreInputError(
-                f"line {lineno}: cannot read user/item/timestamp from {row}"
+                f"line {lineno}: cannot read user/item/timestamp from {row} (a timestamp must "
+                "be a finite number)"
             ) from None
         if u != cur:
             if cur is not None:

@@ -1,38 +1,46 @@
-"""HTTP/JSON server (Starlette ASGI app) over one Engine and one MicroBatcher.
+"""HTTP/JSON server: one raw ASGI app over one Engine and one MicroBatcher.
 
 POST   /v1/events                       one event {"user","item"[,"seq"]} or {"events":[...]}
 GET    /v1/users/{user}/recommendations?k=
+GET    /v1/users/{user}/history         the stored record: recent items, n, seq
 PUT    /v1/users/{user}/history         {"items":[...][,"seq"]}
 DELETE /v1/users/{user}
-POST   /v1/stream                       NDJSON events in, one NDJSON line out per event
-GET    /healthz
-GET    /metrics                         Prometheus text
-A request's error is JSON, {"error": message, "code": short_code}, with the error's status:
-400 malformed JSON, 404 unknown user or path, 405 method, 413 too large, 422 invalid content
-or unknown item (RuntimeUserError.status; a CellError would be 500). An unexpected exception
-is a plain-text 500. On /v1/stream an error is a line {"line", "error", "code"} in the 200
-response.
+POST   /v1/stream                       NDJSON events in, one NDJSON line out per event line
+GET    /healthz, /metrics (Prometheus text), /openapi.json (this API, OpenAPI 3)
+
+`{user}` is percent-encoded in the path (`acme%2Falice` is the user `acme/alice`): every id an
+event can carry can be read, reset and deleted. An error is JSON, {"error": message, "code"},
+with the error's status (RuntimeUserError.status). A request is applied only when its body
+arrived complete; a body that stops arriving is answered 408 after `body_timeout_s`.
+
+Multi-event POSTs: each event stands alone. The answer lists one result per event, in order;
+an event the engine could not apply has {"user", "error", "code"} in its place and the answer's
+status is 207 (partly applied) instead of 200; the other events are applied. Events that fail
+validation (bad fields, an unknown item under the "error" policy) refuse the whole request
+(4xx) before anything is applied.
+
+No framework: routing is six paths, and the raw ASGI keeps one body reader, one way of
+answering and one place that records request metrics (`App.__call__`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
-
-from starlette.applications import Starlette
-from starlette.datastructures import QueryParams
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse as StarletteJSONResponse
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from recblr.runtime import jsonio
 from recblr.runtime.batcher import MicroBatcher
-from recblr.runtime.engine import Engine, Event, check_item, check_user
-from recblr.runtime.errors import BadEvent, RuntimeUserError, TooLarge, UnknownItem
+from recblr.runtime.engine import Engine
+from recblr.runtime.errors import (
+    BadEvent,
+    BodyTimeout,
+    ClientGone,
+    RuntimeUserError,
+    TooLarge,
+)
+from recblr.runtime.jsonio import Event, check_user, parse_event, parse_json, parse_seq
 from recblr.runtime.metrics import BATCH_BUCKETS, Metrics
 
 
@@ -43,78 +51,58 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20  # per request body, and per NDJSON line on /v1/stream
     max_history: int = 10_000
     max_events_per_request: int = 10_000
+    body_timeout_s: float = 10.0  # a body (or a stream's next chunk) must arrive within this
+    stream_window: int = 256  # answers one /v1/stream connection may have pending
+    max_inflight: int = 65_536  # events queued or running, over all connections
 
 
-class JSONResponse(StarletteJSONResponse):
-    """Starlette's JSON response, rendered by the runtime's one codec (as the hot path is)."""
-
-    def render(self, content) -> bytes:
-        return jsonio.dumps(content)
+_JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 
 
-def _err(e: RuntimeUserError) -> JSONResponse:
-    return JSONResponse({"error": str(e), "code": e.code}, status_code=e.status)
+async def _answer(send, status: int, body: bytes, ctype=_JSON, close: bool = False) -> None:
+    headers = [(b"content-length", str(len(body)).encode()), ctype]
+    if close:
+        headers.append(_CLOSE)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
-def parse_json(raw: bytes):
-    try:
-        return jsonio.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RuntimeUserError(f"malformed JSON: {e}", status=400, code="malformed_json") from None
-
-
-MAX_SEQ = 2**63 - 1  # what the state store's INTEGER column holds
-
-
-def parse_seq(v) -> int | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEQ:
-        raise BadEvent(f"'seq' must be an integer in 0..{MAX_SEQ}")
-    return v
-
-
-def parse_event(obj, engine: Engine) -> Event:
-    if not isinstance(obj, dict):
-        raise BadEvent("an event must be a JSON object with 'user' and 'item'")
-    missing = [f for f in ("user", "item") if f not in obj]
-    if missing:
-        raise BadEvent(f"event is missing field(s): {', '.join(missing)}")
-    ev = Event(check_user(obj["user"]), check_item(obj["item"]), parse_seq(obj.get("seq")))
-    if engine.unknown_items == "error" and engine.item_index(ev.item) is None:
-        raise UnknownItem(f"unknown item {ev.item!r}: not in the cell's vocabulary")
-    return ev
-
-
-def parse_k(request: Request, engine: Engine) -> int:
-    raw = request.query_params.get("k")
-    if raw is None:
-        return engine.top_k
-    return _parse_k(raw, engine)
-
-
-def _parse_k(raw: str, engine: Engine) -> int:
-    try:
-        k = int(raw)
-    except ValueError:
-        raise BadEvent(f"k must be an integer in 1..{engine.top_k}") from None
-    return engine.check_k(k)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise TooLarge(f"request body is {cl} bytes; the limit is {limit}")
+async def read_body(scope, receive, limit: int, timeout: float) -> bytes:
+    """The one request-body reader: the whole body, or an error. TooLarge past `limit` bytes
+    (from Content-Length before reading when it is declared), BodyTimeout when the client
+    stops sending for `timeout` seconds in all, ClientGone when it disconnects before the end
+    (an incomplete body is never applied)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise TooLarge(f"request body is {value.decode()} bytes; the limit is {limit}")
+            break
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise TooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = msg.get("body", b"")
+                n += len(chunk)
+                if n > limit:
+                    raise TooLarge(f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout:g} s; nothing was applied"
+        ) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _out(r, k: int) -> dict:
+def _result(r, k: int) -> dict:
+    """One event's answer: its recommendations, or its error (for multi-event answers)."""
+    if isinstance(r, RuntimeUserError):
+        return {"user": _user_of(r), "error": str(r), "code": r.code}
     if isinstance(r, Exception):
         raise r
     d = r.to_json()
@@ -122,37 +110,27 @@ def _out(r, k: int) -> dict:
     return d
 
 
-def events_of(body, app: App) -> list[Event] | None:
-    """The events of a `{"events": [...]}` body, checked; None when the body is one event."""
-    if not (isinstance(body, dict) and "events" in body):
-        return None
-    raw = body["events"]
-    if not isinstance(raw, list):
-        raise BadEvent("'events' must be a list of events")
-    if len(raw) > app.settings.max_events_per_request:
-        raise TooLarge(
-            f"{len(raw)} events in one request; the limit is {app.settings.max_events_per_request}"
-        )
-    evs = []
-    for i, o in enumerate(raw):
-        try:
-            evs.append(parse_event(o, app.engine))
-        except RuntimeUserError as e:
-            raise type(e)(f"events[{i}]: {e}", status=e.status, code=e.code) from None
-    return evs
+def _user_of(e: Exception) -> str | None:
+    return getattr(e, "user", None)
 
 
-async def _served_by_front(request: Request) -> Response:  # pragma: no cover - never routed
-    raise RuntimeError("POST /v1/events is answered by FastEvents")
+class _Routes:
+    EVENTS = "/v1/events"
+    STREAM = "/v1/stream"
+    USERS = b"/v1/users/"
 
 
 class App:
+    """The ASGI application (`create_app(engine)`); `app.state.recblr` is the App itself."""
+
     def __init__(self, engine: Engine, settings: ServerSettings | None = None):
         self.engine = engine
-        self.settings = settings or ServerSettings()
+        self.settings = s = settings or ServerSettings()
+        self.state = self  # `create_app(...).state.recblr` keeps working
+        self.recblr = self
         self.metrics = m = Metrics()
         m.describe("recblr_requests_total", "counter", "HTTP requests by endpoint and status")
-        m.describe("recblr_errors_total", "counter", "requests answered with an error, by code")
+        m.describe("recblr_errors_total", "counter", "answers with an error, by code")
         m.describe("recblr_request_latency_seconds", "histogram", "request latency by endpoint")
         m.describe("recblr_batch_size", "histogram", "events per ORT batch", BATCH_BUCKETS)
         m.describe("recblr_batch_seconds", "histogram", "engine time per batch")
@@ -161,351 +139,342 @@ class App:
         m.describe(
             "recblr_stale_states_reset_total",
             "counter",
-            "stored states made by another cell, reset instead of used",
+            "users whose stored state, made by another cell, was reset",
         )
+        m.describe("recblr_commit_conflicts_total", "counter", "compare-and-set retries")
         m.describe("recblr_inflight_events", "gauge", "events queued or running")
+        self._reading: dict[int, float] = {}  # requests reading their body: start time
+        self._next_reader = 0
         self.batcher = MicroBatcher(
             engine,
-            self.settings.max_batch,
-            self.settings.max_wait_ms,
+            s.max_batch,
+            s.max_wait_ms,
             on_batch=self._on_batch,
-            more_coming=lambda: self.reading,
+            more_coming=self._more_coming,
+            max_inflight=s.max_inflight,
         )
-        self.reading = 0  # /v1/events requests between arrival and queueing (FastEvents)
         self.ready = False
-        routes = [
-            # answered by FastEvents; listed so that another method gets 405, not 404
-            Route("/v1/events", _served_by_front, methods=["POST"]),
-            Route("/v1/users/{user}/recommendations", self.recommendations, methods=["GET"]),
-            Route("/v1/users/{user}/history", self.history, methods=["PUT"]),
-            Route("/v1/users/{user}", self.delete_user, methods=["DELETE"]),
-            Route("/v1/stream", StreamEndpoint(self), methods=["POST"]),
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-        ]
-        self.asgi = Starlette(
-            routes=routes,
-            lifespan=self.lifespan,
-            exception_handlers={HTTPException: self._http_exc},
-        )
 
-    async def _http_exc(self, request, exc: HTTPException):
-        self.metrics.inc("recblr_errors_total", code=f"http_{exc.status_code}")
-        return JSONResponse(
-            {"error": exc.detail, "code": f"http_{exc.status_code}"}, status_code=exc.status_code
-        )
-
+    # ----------------------------------------------------------------- plumbing
     def _on_batch(self, n: int, seconds: float) -> None:
         self.metrics.observe("recblr_batch_size", n)
         self.metrics.observe("recblr_batch_seconds", seconds)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app):
-        await self.batcher.start()
-        self.ready = True
-        try:
-            yield
-        finally:
-            self.ready = False
-            await self.batcher.stop()  # drain queued events, then flush the store
-            self.engine.close()
+    def _more_coming(self) -> bool:
+        """Whether a request started reading its body within the last `max_wait_ms`: one that
+        has been reading for longer (a slow or stalled body) is not about to be queued, and a
+        batch must not wait for it."""
+        if not self._reading:
+            return False
+        horizon = time.perf_counter() - self.batcher.max_wait
+        return any(t > horizon for t in self._reading.values())
 
-    async def _timed(self, name: str, fn, request: Request) -> Response:
-        t0 = time.perf_counter()
+    async def _body(self, scope, receive) -> bytes:
+        token = self._next_reader = self._next_reader + 1
+        self._reading[token] = time.perf_counter()
         try:
-            resp = await fn(request)
+            s = self.settings
+            return await read_body(scope, receive, s.max_body_bytes, s.body_timeout_s)
+        finally:
+            del self._reading[token]
+
+    def _k(self, scope) -> int:
+        qs = scope.get("query_string", b"")
+        if not qs:
+            return self.engine.top_k
+        raw = dict(parse_qsl(qs.decode("latin-1"))).get("k")
+        if raw is None:
+            return self.engine.top_k
+        try:
+            k = int(raw)
+        except ValueError:
+            raise BadEvent(f"k must be an integer in 1..{self.engine.top_k}") from None
+        return self.engine.check_k(k)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await self.batcher.start()
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                self.ready = False
+                await self.batcher.stop()  # drain queued events, then close the store
+                self.engine.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ----------------------------------------------------------------- the one dispatcher
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == _Routes.STREAM and scope["method"] == "POST":
+            await self.stream(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        name, status = "other", 500
+        try:
+            name, handler = self._route(scope)
+            status, payload = await handler(scope, receive)
+            body = payload if isinstance(payload, bytes) else jsonio.dumps(payload)
+            ctype = _TEXT if name == "metrics" else _JSON
+            await _answer(send, status, body, ctype)
         except RuntimeUserError as e:
+            status = e.status
             self.metrics.inc("recblr_errors_total", code=e.code)
-            resp = _err(e)
-        self.metrics.inc("recblr_requests_total", endpoint=name, status=str(resp.status_code))
-        self.metrics.observe(
-            "recblr_request_latency_seconds", time.perf_counter() - t0, endpoint=name
-        )
-        return resp
+            body = jsonio.dumps({"error": str(e), "code": e.code})
+            await _answer(send, status, body, close=isinstance(e, (BodyTimeout, TooLarge)))
+        except ClientGone:
+            status = 499  # nothing to answer: the client left before its body was complete
+        except Exception:
+            await _answer(send, 500, b"Internal Server Error", _TEXT_PLAIN, close=True)
+            raise  # the server logs it
+        finally:
+            self.metrics.request_done(name, status, time.perf_counter() - t0)
+
+    def _route(self, scope):
+        path, method = scope["path"], scope["method"]
+        if path == _Routes.EVENTS:
+            return "events", self._allow(method, POST=self.events)
+        raw = scope.get("raw_path") or path.encode()
+        if raw.startswith(_Routes.USERS):
+            parts = raw[len(_Routes.USERS) :].split(b"/")
+            user = _path_user(parts[0])
+            rest = parts[1:]
+            if rest == []:
+                return "delete", self._allow(method, DELETE=self._with(self.delete_user, user))
+            if rest == [b"recommendations"]:
+                h = self._with(self.recommendations, user)
+                return "recommendations", self._allow(method, GET=h)
+            if rest == [b"history"]:
+                get = self._with(self.get_history, user)
+                put = self._with(self.put_history, user)
+                return "history", self._allow(method, GET=get, PUT=put)
+        if path in ("/healthz", "/metrics", "/openapi.json"):
+            fn = {"/healthz": self.healthz, "/metrics": self.metrics_text}.get(path, self.openapi)
+            return path.strip("/").split(".")[0], self._allow(method, GET=fn)
+        raise RuntimeUserError("Not Found", status=404, code="http_404")
+
+    @staticmethod
+    def _allow(method: str, **handlers):
+        h = handlers.get(method)
+        if h is None:
+            allowed = ", ".join(handlers)
+            raise RuntimeUserError(
+                f"Method Not Allowed (use {allowed})", status=405, code="http_405"
+            )
+        return h
+
+    @staticmethod
+    def _with(fn, user: str):
+        async def bound(scope, receive):
+            return await fn(user, scope, receive)
+
+        return bound
 
     # ----------------------------------------------------------------- endpoints
-    # POST /v1/events is served by FastEvents (below), in front of this Starlette app.
-    async def recommendations(self, request: Request) -> Response:
-        async def run(request):
-            user = check_user(request.path_params["user"])
-            k = parse_k(request, self.engine)
-            r = await asyncio.to_thread(self.engine.recommend, user, k)
-            return JSONResponse(r.to_json())
+    async def events(self, scope, receive):
+        engine = self.engine
+        k = self._k(scope)
+        body = parse_json(await self._body(scope, receive))
+        if isinstance(body, dict) and "events" in body:
+            evs = self._events_of(body["events"])
+            if not evs:
+                return 200, {"results": [], "failed": 0}
+            res = await self.batcher.submit(evs)
+            out = [_result(_tag(r, e), k) for r, e in zip(res, evs, strict=True)]
+            failed = sum(1 for o in out if "error" in o)
+            return (207 if failed else 200), {"results": out, "failed": failed}
+        ev = parse_event(body, engine)
+        (r,) = await self.batcher.submit([ev])
+        if isinstance(r, Exception):
+            raise r
+        return 200, _result(r, k)
 
-        return await self._timed("recommendations", run, request)
+    def _events_of(self, raw) -> list[Event]:
+        if not isinstance(raw, list):
+            raise BadEvent("'events' must be a list of events")
+        limit = self.settings.max_events_per_request
+        if len(raw) > limit:
+            raise TooLarge(f"{len(raw)} events in one request; the limit is {limit}")
+        evs = []
+        for i, o in enumerate(raw):
+            try:
+                evs.append(parse_event(o, self.engine))
+            except RuntimeUserError as e:
+                raise type(e)(f"events[{i}]: {e}", status=e.status, code=e.code) from None
+        return evs
 
-    async def history(self, request: Request) -> Response:
-        async def run(request):
-            user = check_user(request.path_params["user"])
-            k = parse_k(request, self.engine)
-            body = parse_json(await read_body(request, self.settings.max_body_bytes))
-            if isinstance(body, list):
-                body = {"items": body}
-            if not isinstance(body, dict) or "items" not in body:
-                raise BadEvent('history body must be {"items": [...]} (oldest first)')
-            items = body["items"]
-            if not isinstance(items, list):
-                raise BadEvent("'items' must be a list of item ids")
-            if len(items) > self.settings.max_history:
-                raise BadEvent(
-                    f"history has {len(items)} items; the limit is {self.settings.max_history}"
-                )
-            seq = parse_seq(body.get("seq"))
-            self.engine.encode(items)  # validate before queueing (raises UnknownItem per policy)
-            r = await self.batcher.call(lambda: self.engine.reset(user, items, seq=seq, k=k))
-            return JSONResponse(r.to_json())
+    async def recommendations(self, user: str, scope, receive):
+        k = self._k(scope)
+        r = await asyncio.to_thread(self.engine.recommend, user, k)
+        return 200, r.to_json()
 
-        return await self._timed("history", run, request)
+    async def get_history(self, user: str, scope, receive):
+        st = await asyncio.to_thread(self.engine.history, user)
+        current = st.cell == self.engine.state_key
+        return 200, {"user": user, "items": st.recent, "n": st.n, "seq": st.seq, "current": current}
 
-    async def delete_user(self, request: Request) -> Response:
-        async def run(request):
-            user = check_user(request.path_params["user"])
-            gone = await self.batcher.call(lambda: self.engine.forget(user))
-            return JSONResponse({"user": user, "deleted": gone})
+    async def put_history(self, user: str, scope, receive):
+        k = self._k(scope)
+        body = parse_json(await self._body(scope, receive))
+        if isinstance(body, list):
+            body = {"items": body}
+        if not isinstance(body, dict) or "items" not in body:
+            raise BadEvent('history body must be {"items": [...]} (oldest first)')
+        items = body["items"]
+        if not isinstance(items, list):
+            raise BadEvent("'items' must be a list of item ids")
+        if len(items) > self.settings.max_history:
+            raise BadEvent(
+                f"history has {len(items)} items; the limit is {self.settings.max_history}"
+            )
+        seq = parse_seq(body.get("seq"))
+        self.engine.encode(items)  # validate before queueing (raises UnknownItem per policy)
+        r = await self.batcher.call_steps(self.engine.reset_steps(user, items, seq=seq, k=k))
+        return 200, r.to_json()
 
-        return await self._timed("delete", run, request)
+    async def delete_user(self, user: str, scope, receive):
+        gone = await self.batcher.call(lambda: self.engine.forget(user))
+        return 200, {"user": user, "deleted": gone}
 
-    async def healthz(self, request: Request) -> Response:
+    async def healthz(self, scope, receive):
         info = self.engine.info
-        return JSONResponse(
-            {
-                "status": "ok" if self.ready else "starting",
-                "cell": info.short_hash,
-                "items": info.n_items,
-                "k": info.top_k,
-                "state_size": info.state_size,
-                "providers": self.engine.providers,
-                "store": getattr(self.engine.store, "kind", type(self.engine.store).__name__),
-            }
-        )
+        return 200, {
+            "status": "ok" if self.ready else "starting",
+            "cell": info.short_hash,
+            "items": info.n_items,
+            "k": info.top_k,
+            "state_size": info.state_size,
+            "providers": self.engine.providers,
+            "store": getattr(self.engine.store, "kind", type(self.engine.store).__name__),
+        }
 
-    async def metrics_endpoint(self, request: Request) -> Response:
+    async def metrics_text(self, scope, receive):
         m, s = self.metrics, self.engine.stats
         m.set("recblr_users_held", self.engine.users_held())
         m.set("recblr_inflight_events", self.batcher.inflight)
         m.set("recblr_stale_states_reset_total", s.stale_states_reset)
-        m.set("recblr_events_total", s.events_applied, outcome="applied")
-        m.set("recblr_events_total", s.events_duplicate, outcome="duplicate")
-        m.set("recblr_events_total", s.events_skipped, outcome="skipped")
-        return PlainTextResponse(m.render(), media_type="text/plain; version=0.0.4")
+        m.set("recblr_commit_conflicts_total", s.commit_conflicts)
+        for outcome, v in (
+            ("applied", s.events_applied),
+            ("duplicate", s.events_duplicate),
+            ("skipped", s.events_skipped),
+            ("failed", s.events_failed),
+        ):
+            m.set("recblr_events_total", v, outcome=outcome)
+        return 200, m.render().encode()
 
+    async def openapi(self, scope, receive):
+        from recblr.runtime.openapi import document
 
-class StreamEndpoint:
-    """Raw ASGI endpoint: reads NDJSON while writing results (one line per input line).
+        return 200, document(self.engine.top_k, self.settings)
 
-    Implemented without StreamingResponse because that one consumes `receive` to watch for a
-    disconnect, which would race with reading the request body.
-    """
+    # ----------------------------------------------------------------- /v1/stream
+    async def stream(self, scope, receive, send) -> None:
+        """NDJSON in, one line out per event line, in order, while the body is still arriving.
 
-    def __init__(self, app: App):
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        app = self.app
-        limit = app.settings.max_body_bytes
-        q: asyncio.Queue = asyncio.Queue()
-        k = app.engine.top_k
+        Bounded end to end: at most `stream_window` answers wait to be written; when the client
+        does not read them, `send` waits, the window fills, and this connection stops reading
+        its body (the socket's flow control then holds the sender). Lines are split in linear
+        time, a chunk at a time. Only complete lines are applied: when the client disconnects,
+        a last line without its newline is dropped; when the body ends normally, it counts.
+        """
         t0 = time.perf_counter()
+        s = self.settings
+        k = self.engine.top_k
+        window: asyncio.Queue = asyncio.Queue(maxsize=max(1, s.stream_window))
+        lines = jsonio.LineSplitter(s.max_body_bytes)
 
-        def handle(line: bytes, lineno: int) -> None:
-            if not line.strip():
-                return
+        async def one(lineno: int, line) -> None:
             try:
-                ev = parse_event(parse_json(line), app.engine)
+                if isinstance(line, RuntimeUserError):
+                    raise line
+                ev = parse_event(parse_json(line), self.engine)
             except RuntimeUserError as e:
-                app.metrics.inc("recblr_errors_total", code=e.code)
-                q.put_nowait(("err", {"line": lineno, "error": str(e), "code": e.code}))
+                self.metrics.inc("recblr_errors_total", code=e.code)
+                await window.put({"line": lineno, "error": str(e), "code": e.code})
                 return
-            q.put_nowait(("fut", app.batcher.submit_nowait([ev])))
+            await self.batcher.admit(1)
+            await window.put((lineno, self.batcher.submit_nowait([ev])))
 
         async def reader() -> None:
-            buf, lineno, skipping = b"", 0, False
             try:
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "http.disconnect":
-                        break
-                    buf += msg.get("body", b"")
-                    while True:
-                        nl = buf.find(b"\n")
-                        if nl < 0:
-                            break
-                        line, buf = buf[:nl], buf[nl + 1 :]
-                        lineno += 1
-                        if skipping:
-                            skipping = False
-                            continue
-                        handle(line, lineno)
-                    if len(buf) > limit:
-                        lineno += 1
-                        e = TooLarge(f"line is over the limit of {limit} bytes")
-                        q.put_nowait(("err", {"line": lineno, "error": str(e), "code": e.code}))
-                        buf, skipping = b"", True
-                    if not msg.get("more_body", False):
-                        break
-                if buf.strip() and not skipping:
-                    handle(buf, lineno + 1)
+                await read_lines()
             finally:
-                q.put_nowait(None)
+                if not cancelled:  # the writer waits for this; a cancelled reader has no writer
+                    await window.put(None)
 
-        task = asyncio.create_task(reader())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/x-ndjson")],
-            }
-        )
-        try:
+        async def read_lines() -> None:
             while True:
-                item = await q.get()
-                if item is None:
+                try:
+                    async with asyncio.timeout(s.body_timeout_s):
+                        msg = await receive()
+                except TimeoutError:
+                    e = BodyTimeout(
+                        f"no data for {s.body_timeout_s:g} s; lines after "
+                        f"{lines.lineno} were not applied"
+                    )
+                    await window.put({"line": lines.lineno + 1, "error": str(e), "code": e.code})
                     break
-                kind, val = item
-                if kind == "fut":
-                    try:
-                        (r,) = await val
-                        obj = _out(r, k)
-                    except RuntimeUserError as e:
-                        obj = {"error": str(e), "code": e.code}
+                if msg["type"] == "http.disconnect":
+                    break  # a partial last line is dropped
+                for lineno, line in lines.feed(msg.get("body", b"")):
+                    await one(lineno, line)
+                if not msg.get("more_body", False):
+                    for lineno, line in lines.finish():
+                        await one(lineno, line)
+                    break
+
+        cancelled = False
+        task = asyncio.create_task(reader())
+        headers = [(b"content-type", b"application/x-ndjson")]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            while (item := await window.get()) is not None:
+                if isinstance(item, tuple):
+                    lineno, fut = item
+                    (r,) = await fut
+                    obj = _result(r, k)
+                    if "error" in obj:
+                        obj["line"] = lineno
                 else:
-                    obj = val
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": jsonio.dumps(obj) + b"\n",
-                        "more_body": True,
-                    }
-                )
+                    obj = item
+                body = jsonio.dumps(obj) + b"\n"
+                await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            app.metrics.inc("recblr_requests_total", endpoint="stream", status="200")
-            app.metrics.observe(
-                "recblr_request_latency_seconds", time.perf_counter() - t0, endpoint="stream"
-            )
+            if not task.done():
+                cancelled = True
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.metrics.request_done("stream", 200, time.perf_counter() - t0)
 
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+_TEXT = (b"content-type", b"text/plain; version=0.0.4")
+_TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
 
 
-_json_bytes = jsonio.dumps
+def _path_user(seg: bytes) -> str:
+    """A user id from its percent-encoded path segment."""
+    try:
+        user = unquote_to_bytes(seg).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadEvent("the user id in the path is not percent-encoded UTF-8") from None
+    return check_user(user)
 
 
-class FastEvents:
-    """Raw ASGI front: `POST /v1/events` skips Starlette's middleware, routing and Request.
-
-    It is the hot path (one request per event); every other request, and the lifespan, goes
-    to the Starlette app. Same answers, errors and metrics as the rest of the API.
-    """
-
-    def __init__(self, app: App, asgi: Starlette):
-        self.app = app
-        self.asgi = asgi
-        self.state = asgi.state  # `create_app(...).state.recblr` keeps working
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/events" or scope["method"] != "POST":
-            await self.asgi(scope, receive, send)
-            return
-        app = self.app
-        t0 = time.perf_counter()
-        app.reading += 1
-        queued = [False]
-
-        def on_queued() -> None:
-            if not queued[0]:
-                queued[0] = True
-                app.reading -= 1
-
-        status, started = 200, False
-        try:
-            try:
-                payload = await self._events(scope, receive, on_queued)
-            except RuntimeUserError as e:
-                app.metrics.inc("recblr_errors_total", code=e.code)
-                status, payload = e.status, {"error": str(e), "code": e.code}
-            body = _json_bytes(payload)
-            started = True
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-        except Exception:
-            status = 500
-            if not started:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b"Internal Server Error"})
-            raise  # the server logs it, as Starlette's ServerErrorMiddleware does
-        finally:
-            on_queued()
-            app.metrics.request_done("events", status, time.perf_counter() - t0)
-
-    async def _events(self, scope, receive, on_queued):
-        app = self.app
-        engine = app.engine
-        qs = scope.get("query_string", b"")
-        if qs:
-            raw_k = QueryParams(qs).get("k")
-            k = engine.top_k if raw_k is None else _parse_k(raw_k, engine)
-        else:
-            k = engine.top_k
-        body = parse_json(await _read_body_asgi(scope, receive, app.settings.max_body_bytes))
-        evs = events_of(body, app)
-        if evs is None:  # one event
-            ev = parse_event(body, engine)
-            on_queued()
-            (res,) = await app.batcher.submit([ev])
-            return _out(res, k)
-        if not evs:
-            return {"results": []}
-        on_queued()
-        res = await app.batcher.submit(evs)
-        return {"results": [_out(r, k) for r in res]}
+def _tag(r, e: Event):
+    """Name the event's user on its error (multi-event answers say whose event failed)."""
+    if isinstance(r, RuntimeUserError) and not hasattr(r, "user"):
+        r.user = e.user
+    return r
 
 
-async def _read_body_asgi(scope, receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if value.isdigit() and int(value) > limit:
-                raise TooLarge(f"request body is {value.decode()} bytes; the limit is {limit}")
-            break
-    msg = await receive()
-    body = msg.get("body", b"")
-    if len(body) > limit:
-        raise TooLarge(f"request body is over the limit of {limit} bytes")
-    if not msg.get("more_body", False):
-        return body
-    chunks, n = [body], len(body)
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            break
-        chunk = msg.get("body", b"")
-        n += len(chunk)
-        if n > limit:
-            raise TooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not msg.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def create_app(engine: Engine, settings: ServerSettings | None = None):
-    """The ASGI app for an engine (Starlette behind a fast front for `POST /v1/events`);
-    `app.state.recblr` is the App object."""
-    a = App(engine, settings)
-    a.asgi.state.recblr = a
-    return FastEvents(a, a.asgi)
+def create_app(engine: Engine, settings: ServerSettings | None = None) -> App:
+    """The ASGI app for an engine."""
+    return App(engine, settings)

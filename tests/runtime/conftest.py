@@ -159,10 +159,14 @@ def start_server(tmp_path):
 def read_states(db: Path) -> dict:
     from recblr.runtime.store import SQLiteStore
 
-    st = SQLiteStore(db)
+    st = SQLiteStore(db, exclusive=False)
     try:
-        rows = st._db.execute("SELECT user FROM user_state").fetchall()
-        return st.get_many([r[0] for r in rows])
+        users, cursor = [], 0
+        while True:
+            cursor, part = st.scan(cursor, 500)
+            users += part
+            if cursor == 0:
+                return st.get_many(users)
     finally:
         st.close()
 

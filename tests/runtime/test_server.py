@@ -147,19 +147,28 @@ def test_restart_keeps_state_and_seq_is_idempotent(cell, start_server, tmp_path,
         assert r["items"] == replay_fn(cell, ["1001", "1002", "1003", "1004"])[1]
 
 
-def test_state_from_another_cell_is_reset(cells, start_server, tmp_path, replay_fn):
+def test_state_from_another_cell_is_reset_once_keeping_seq(cells, start_server, tmp_path, replay_fn):
+    """#11.6: a cell change resets each user once (counted per user, not per read), keeps the
+    stored seq (an already-applied retry stays a duplicate) and says so in the answer."""
     db = tmp_path / "s.db"
     srv = start_server(cells["a"], state=db)
     with httpx.Client(base_url=srv.url, timeout=10) as c:
-        c.post("/v1/events", json={"user": "u", "item": "1001"})
+        for seq, item in ((1, "1001"), (2, "1002")):
+            c.post("/v1/events", json={"user": "u", "item": item, "seq": seq})
     srv.term()
     srv = start_server(cells["b"], state=db)
     with httpx.Client(base_url=srv.url, timeout=10) as c:
-        assert c.get("/v1/users/u/recommendations").status_code == 404
-        r = c.post("/v1/events", json={"user": "u", "item": "1002"}).json()
-        assert r["items"] == replay_fn(cells["b"], ["1002"])[1]  # started from empty
+        for _ in range(2):
+            r = c.get("/v1/users/u/recommendations")
+            assert r.status_code == 404 and "another cell" in r.json()["error"]
+        r = c.post("/v1/events", json={"user": "u", "item": "1009", "seq": 2}).json()
+        assert r["applied"] is False and r["reason"] == "duplicate"
+        assert r["reset"] == "cell_changed"
+        r = c.post("/v1/events", json={"user": "u", "item": "1003", "seq": 3}).json()
+        assert "reset" not in r and r["items"] == replay_fn(cells["b"], ["1003"])[1]
+        assert c.get("/v1/users/u/recommendations").json()["seq"] == 3
         m = c.get("/metrics").text
-        assert "recblr_stale_states_reset_total 2" in m  # the GET and the event both saw it
+        assert "recblr_stale_states_reset_total 1" in m
 
 
 def test_kill9_loses_no_acknowledged_event(cell, start_server, tmp_path, states_of, replay_fn):

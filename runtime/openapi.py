@@ -1,0 +1,274 @@
+"""The server's API as an OpenAPI 3 document (served at /openapi.json).
+
+Written by hand next to the server and kept true by tests: every route the server answers is
+here, and a schemathesis run checks the real server's answers against these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    text = {
+        400: "malformed JSON",
+        404: "unknown user or path",
+        408: "the body did not arrive in time",
+        413: "body or request too large",
+        422: "invalid content (field, item, k, seq, history length)",
+        500: "the user's stored state is unusable (non_finite, corrupt_state)",
+        503: "another writer kept changing the user's record (conflict); retry",
+    }
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+def document(top_k: int, settings: Any) -> dict:
+    """The document for a server whose cell has K = `top_k`."""
+    user = {
+        "name": "user",
+        "in": "path",
+        "required": True,
+        "description": "the user id, percent-encoded (acme%2Falice is acme/alice)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    }
+    k = {
+        "name": "k",
+        "in": "query",
+        "required": False,
+        "description": f"recommendations to return, 1..{top_k} (default {top_k})",
+        "schema": {"type": "integer", "minimum": 1, "maximum": top_k},
+    }
+    item = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    seq = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+    schemas = {
+        "Error": {
+            "type": "object",
+            "required": ["error", "code"],
+            "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+        },
+        "Event": {
+            "type": "object",
+            "required": ["user", "item"],
+            "properties": {
+                "user": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]},
+                "item": item,
+                "seq": seq,
+            },
+        },
+        "Recommendations": {
+            "type": "object",
+            "required": ["user", "items", "scores"],
+            "properties": {
+                "user": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "string"}, "maxItems": top_k},
+                "scores": {"type": "array", "items": {"type": "number"}, "maxItems": top_k},
+                "seq": seq,
+                "applied": {"type": "boolean", "description": "false: answered, not applied"},
+                "reason": {"type": "string", "enum": ["duplicate", "unknown_item"]},
+                "reset": {
+                    "type": "string",
+                    "enum": ["cell_changed"],
+                    "description": "the stored state was made by another cell and was dropped",
+                },
+            },
+        },
+        "EventError": {
+            "type": "object",
+            "required": ["user", "error", "code"],
+            "properties": {
+                "user": {"type": "string"},
+                "error": {"type": "string"},
+                "code": {"type": "string"},
+            },
+        },
+        "History": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "items": {"type": "array", "items": item, "maxItems": settings.max_history},
+                "seq": seq,
+            },
+        },
+        "StoredHistory": {
+            "type": "object",
+            "required": ["user", "items", "n", "seq", "current"],
+            "properties": {
+                "user": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "string"}},
+                "n": {"type": "integer", "minimum": 0},
+                "seq": {**seq, "nullable": True},
+                "current": {"type": "boolean", "description": "made by the serving cell"},
+            },
+        },
+    }
+    events_body = {
+        "oneOf": [
+            _ref("Event"),
+            {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "items": _ref("Event"),
+                        "maxItems": settings.max_events_per_request,
+                    }
+                },
+            },
+        ]
+    }
+    results = {
+        "type": "object",
+        "required": ["results", "failed"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {"oneOf": [_ref("Recommendations"), _ref("EventError")]},
+            },
+            "failed": {"type": "integer", "minimum": 0},
+        },
+    }
+    paths = {
+        "/v1/events": {
+            "post": {
+                "operationId": "postEvents",
+                "summary": "apply one event, or a list of events in order",
+                "parameters": [k],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": events_body}},
+                },
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("Recommendations"), results]},
+                        "every event answered (applied, or a duplicate/skipped one)",
+                    ),
+                    "207": _json(results, "partly applied: failed events carry their error"),
+                    **_errors(400, 408, 413, 422, 500, 503),
+                },
+            }
+        },
+        "/v1/stream": {
+            "post": {
+                "operationId": "postStream",
+                "summary": "NDJSON events in, one NDJSON answer line per event line",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "one line per input line",
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/v1/users/{user}/recommendations": {
+            "get": {
+                "operationId": "getRecommendations",
+                "parameters": [user, k],
+                "responses": {
+                    "200": _json(_ref("Recommendations"), "the user's current top-k"),
+                    **_errors(404, 422, 500),
+                },
+            }
+        },
+        "/v1/users/{user}/history": {
+            "get": {
+                "operationId": "getHistory",
+                "parameters": [user],
+                "responses": {
+                    "200": _json(_ref("StoredHistory"), "the user's stored recent items"),
+                    **_errors(404, 422),
+                },
+            },
+            "put": {
+                "operationId": "putHistory",
+                "summary": "replace the user's state by replaying a history (oldest first)",
+                "parameters": [user, k],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("History")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Recommendations"), "the top-k after the history"),
+                    **_errors(400, 408, 413, 422, 500, 503),
+                },
+            },
+        },
+        "/v1/users/{user}": {
+            "delete": {
+                "operationId": "deleteUser",
+                "parameters": [user],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["user", "deleted"],
+                            "properties": {
+                                "user": {"type": "string"},
+                                "deleted": {"type": "boolean"},
+                            },
+                        },
+                        "deleted: whether the user had a record",
+                    ),
+                    **_errors(422),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status", "cell", "items", "k", "state_size"],
+                            "properties": {
+                                "status": {"type": "string", "enum": ["ok", "starting"]},
+                                "cell": {"type": "string"},
+                                "items": {"type": "integer"},
+                                "k": {"type": "integer"},
+                                "state_size": {"type": "integer"},
+                                "providers": {"type": "array", "items": {"type": "string"}},
+                                "store": {"type": "string"},
+                            },
+                        },
+                        "the server and its cell",
+                    )
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "responses": {"200": _json({"type": "object"}, "this document")},
+            }
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "recblr-serve", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
