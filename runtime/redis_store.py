@@ -103,7 +103,7 @@ class RedisStore:
     def __init__(self, url: str, durability: str = "normal", timeout: float = 10.0):
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
-        where = f"--store {_safe_url(url)}"
+        where = f"--state {_safe_url(url)}"
         try:
             import redis
         except ImportError:
