@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -362,3 +364,26 @@ def test_two_replicas_exactly_once_through_a_sigkill(
     dup = sum(1 for v in answers.values() for a in v if a.get("reason") == "duplicate")
     assert dup >= total * 0.9
     assert done["retries"] > 0  # the kill really cut requests
+
+
+def test_serve_with_unreachable_store_says_so_in_one_line(cell):
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recblr.runtime",
+            "--onnx",
+            str(cell),
+            "--port",
+            "0",
+            "--state",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "cannot reach the Valkey/Redis server" in lines[0] and "secret" not in lines[0]
