@@ -17,7 +17,6 @@ The scripts touch many keys at once, so the records must live on one primary: a 
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -198,15 +197,19 @@ class RedisStore:
         users = list(writes)
         keys = [_COUNT] + [_USER + u for u in users]
         args: list = []
+        old = {}
         for u in users:
             expected, s = writes[u]
-            new = (expected or 0) + 1
-            args += [b"" if expected is None else expected, new, encode_record(replace(s, rev=new))]
-        failed = {users[i - 1] for i in self._call(self._commit, keys=keys, args=args)}
-        for u in users:
-            if u not in failed:
-                expected, s = writes[u]
-                s.rev = (expected or 0) + 1
+            old[u], s.rev = s.rev, (expected or 0) + 1  # the bytes carry the rev they get
+            args += [b"" if expected is None else expected, s.rev, encode_record(s)]
+        try:
+            failed = {users[i - 1] for i in self._call(self._commit, keys=keys, args=args)}
+        except BaseException:
+            failed = set(users)
+            raise
+        finally:
+            for u in failed:  # not written: the record keeps the rev it had
+                writes[u][1].rev = old[u]
         return failed
 
     def delete(self, user: str) -> bool:
