@@ -10,6 +10,7 @@ Nothing here imports the HTTP stack.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,6 +101,9 @@ def parse_event(obj, vocab: Vocabulary) -> Event:
     return ev
 
 
+_NON_EMPTY = re.compile(rb"[^\n]+")
+
+
 class LineSplitter:
     """NDJSON bytes in any chunking -> complete lines, in time linear in the input.
 
@@ -120,29 +124,50 @@ class LineSplitter:
     def _too_large(self) -> TooLarge:
         return TooLarge(f"line is over the limit of {self.limit} bytes")
 
+    def _emit(self, lineno: int, line: bytes, out: list) -> None:
+        if len(line) > self.limit:
+            out.append((lineno, self._too_large()))
+        elif line and not line.isspace():
+            out.append((lineno, line))
+
+    def _hold(self, piece: bytes, out: list) -> None:
+        """Keep the start of a line that has not ended yet."""
+        if not piece or self._skipping:
+            return
+        self._parts.append(piece)
+        self._size += len(piece)
+        if self._size > self.limit:
+            out.append((self.lineno + 1, self._too_large()))
+            self._parts, self._size, self._skipping = [], 0, True
+
     def feed(self, chunk: bytes) -> list[tuple[int, bytes | TooLarge]]:
         out: list[tuple[int, bytes | TooLarge]] = []
-        pieces = chunk.split(b"\n")
-        for piece in pieces[:-1]:
-            self.lineno += 1
-            if self._skipping:
-                self._skipping = False
-                continue
+        first = chunk.find(b"\n")
+        if first < 0:
+            self._hold(chunk, out)
+            return out
+        # the line in progress ends at the chunk's first newline
+        base = self.lineno
+        head = chunk[:first]
+        if self._skipping:
+            self._skipping = False
+        else:
             if self._parts:
-                self._parts.append(piece)
-                piece = b"".join(self._parts)
+                self._parts.append(head)
+                head = b"".join(self._parts)
                 self._parts, self._size = [], 0
-            if len(piece) > self.limit:
-                out.append((self.lineno, self._too_large()))
-            elif piece and not piece.isspace():
-                out.append((self.lineno, piece))
-        last = pieces[-1]
-        if last and not self._skipping:
-            self._parts.append(last)
-            self._size += len(last)
-            if self._size > self.limit:
-                out.append((self.lineno + 1, self._too_large()))
-                self._parts, self._size, self._skipping = [], 0, True
+            self._emit(base + 1, head, out)
+        # the whole lines after it: only the non-empty ones are visited (regex scan in C),
+        # and their numbers come from counting newlines between them
+        last = chunk.rfind(b"\n")
+        pos, seen = first, 0
+        for m in _NON_EMPTY.finditer(chunk, first + 1, last):
+            start = m.start()
+            seen += chunk.count(b"\n", pos, start)
+            pos = start
+            self._emit(base + seen + 1, m.group(), out)
+        self.lineno = base + chunk.count(b"\n")
+        self._hold(chunk[last + 1 :], out)
         return out
 
     def finish(self) -> list[tuple[int, bytes]]:

@@ -30,8 +30,26 @@ def _errors(*codes: int) -> dict:
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
 
-def document(top_k: int, settings: Any) -> dict:
-    """The document for a server whose cell has K = `top_k`."""
+def _user_links() -> dict:
+    """Where an answer naming a user leads (schemathesis follows these statefully)."""
+    user = {"user": "$response.body#/user"}
+    return {
+        name: {"operationId": op, "parameters": user}
+        for name, op in (
+            ("recommendations", "getRecommendations"),
+            ("history", "getHistory"),
+            ("delete", "deleteUser"),
+        )
+    }
+
+
+ENUM_ITEMS = 5000  # catalogs up to this size are listed in the document (as item enums)
+
+
+def document(info: Any, settings: Any) -> dict:
+    """The document for a server of the cell `info` (a CellInfo) with `settings`. An item
+    must be in the cell's vocabulary: listed as an enum when the catalog is small enough."""
+    top_k = info.top_k
     user = {
         "name": "user",
         "in": "path",
@@ -46,7 +64,13 @@ def document(top_k: int, settings: Any) -> dict:
         "description": f"recommendations to return, 1..{top_k} (default {top_k})",
         "schema": {"type": "integer", "minimum": 1, "maximum": top_k},
     }
-    item = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    item: dict = {"oneOf": [{"type": "string"}, {"type": "integer"}]}
+    ids = info.items[1:]
+    if len(ids) <= ENUM_ITEMS:
+        ints = [int(x) for x in ids if x.isascii() and x.isdigit() and str(int(x)) == x]
+        item = {"oneOf": [{"type": "string", "enum": ids}, {"type": "integer", "enum": ints}]}
+        if not ints:
+            item = item["oneOf"][0]
     seq = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
     schemas = {
         "Error": {
@@ -161,7 +185,7 @@ def document(top_k: int, settings: Any) -> dict:
                 "operationId": "postStream",
                 "summary": "NDJSON events in, one NDJSON answer line per event line",
                 "requestBody": {
-                    "required": True,
+                    "required": False,
                     "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
                 },
                 "responses": {
@@ -200,7 +224,10 @@ def document(top_k: int, settings: Any) -> dict:
                     "content": {"application/json": {"schema": _ref("History")}},
                 },
                 "responses": {
-                    "200": _json(_ref("Recommendations"), "the top-k after the history"),
+                    "200": {
+                        **_json(_ref("Recommendations"), "the top-k after the history"),
+                        "links": _user_links(),
+                    },
                     **_errors(400, 408, 413, 422, 500, 503),
                 },
             },

@@ -60,8 +60,19 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 
 
-async def _answer(send, status: int, body: bytes, ctype=_JSON, close: bool = False) -> None:
-    headers = [(b"content-length", str(len(body)).encode()), ctype]
+class MethodNotAllowed(RuntimeUserError):
+    status = 405
+    code = "http_405"
+
+    def __init__(self, allowed: list[str]):
+        super().__init__(f"Method Not Allowed (use {', '.join(allowed)})")
+        self.allow = ", ".join(allowed).encode()
+
+
+async def _answer(
+    send, status: int, body: bytes, ctype=_JSON, close: bool = False, extra=()
+) -> None:
+    headers = [(b"content-length", str(len(body)).encode()), ctype, *extra]
     if close:
         headers.append(_CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -227,7 +238,9 @@ class App:
             status = e.status
             self.metrics.inc("recblr_errors_total", code=e.code)
             body = jsonio.dumps({"error": str(e), "code": e.code})
-            await _answer(send, status, body, close=isinstance(e, (BodyTimeout, TooLarge)))
+            close = isinstance(e, (BodyTimeout, TooLarge))
+            allow = [(b"allow", e.allow)] if isinstance(e, MethodNotAllowed) else []
+            await _answer(send, status, body, close=close, extra=allow)
         except ClientGone:
             status = 499  # nothing to answer: the client left before its body was complete
         except Exception:
@@ -240,6 +253,8 @@ class App:
         path, method = scope["path"], scope["method"]
         if path == _Routes.EVENTS:
             return "events", self._allow(method, POST=self.events)
+        if path == _Routes.STREAM:  # POST is answered before routing (it streams)
+            raise MethodNotAllowed(["POST"])
         raw = scope.get("raw_path") or path.encode()
         if raw.startswith(_Routes.USERS):
             parts = raw[len(_Routes.USERS) :].split(b"/")
@@ -263,10 +278,7 @@ class App:
     def _allow(method: str, **handlers):
         h = handlers.get(method)
         if h is None:
-            allowed = ", ".join(handlers)
-            raise RuntimeUserError(
-                f"Method Not Allowed (use {allowed})", status=405, code="http_405"
-            )
+            raise MethodNotAllowed(list(handlers))
         return h
 
     @staticmethod
@@ -372,7 +384,7 @@ class App:
     async def openapi(self, scope, receive):
         from recblr.runtime.openapi import document
 
-        return 200, document(self.engine.top_k, self.settings)
+        return 200, document(self.engine.info, self.settings)
 
     # ----------------------------------------------------------------- /v1/stream
     async def stream(self, scope, receive, send) -> None:

@@ -29,3 +29,38 @@ def test_non_finite_is_null():
 def test_malformed_raises_value_error(bad):
     with pytest.raises(ValueError):
         jsonio.loads(bad)
+
+
+def _split_reference(data: bytes, limit: int) -> list:
+    """What the splitter must find, from splitting the whole input at once."""
+    out, lines = [], data.split(b"\n")
+    for i, line in enumerate(lines, 1):
+        if len(line) > limit:
+            out.append((i, "too_large"))
+        elif line.strip():
+            out.append((i, line))
+    return out
+
+
+def test_line_splitter_matches_whole_input_split_in_any_chunking():
+    import random
+
+    rng = random.Random(0)
+    parts = [b"\n", b"ab", b"x" * 7, b"  ", b"\n\n", b'{"u":1}']
+    for _ in range(1000):
+        data = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 40)))
+        s, out, i = jsonio.LineSplitter(8), [], 0
+        while i < len(data):
+            j = i + rng.randint(1, 9)
+            out += s.feed(data[i:j])
+            i = j
+        out += s.finish()
+        got = [(n, x if isinstance(x, bytes) else x.code) for n, x in out]
+        assert got == _split_reference(data, 8), data
+
+
+def test_line_splitter_drops_a_partial_line_unless_finished():
+    s = jsonio.LineSplitter(100)
+    assert s.feed(b'{"a":1}\n{"b"') == [(1, b'{"a":1}')]
+    assert s.lineno == 1  # the partial line is held, not counted: finish() only if complete
+    assert s.finish() == [(2, b'{"b"')]

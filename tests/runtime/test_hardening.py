@@ -1,0 +1,340 @@
+"""Issue #11, point by point: what an operator's client can do to the server, and what it must
+not lose, apply twice, or stall. Real servers over real sockets; engine-level where the point
+is the engine's (a poisoned or corrupt stored record is written into a real store first)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import pytest
+
+from recblr.runtime.engine import Engine, Event
+from recblr.runtime.errors import BadEvent, CorruptState
+from recblr.runtime.store import SQLiteStore, StoreError, UserState
+
+ITEMS = [str(1000 + i) for i in range(1, 61)]
+
+
+def _raw(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    return s
+
+
+def _wait_for(fn, timeout=10.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if fn():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ----------------------------------------------------------------- 1. a PUT's seq
+def test_retried_put_follows_the_seq_rule(cell, start_server, replay_fn):
+    srv = start_server(cell, "--store", "memory")
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        r = c.put("/v1/users/p/history", json={"items": ["1001", "1002"], "seq": 10})
+        assert r.status_code == 200 and r.json()["seq"] == 10
+        for seq, item in ((11, "1003"), (12, "1004")):
+            assert c.post("/v1/events", json={"user": "p", "item": item, "seq": seq}).is_success
+        want = replay_fn(cell, ["1001", "1002", "1003", "1004"])[1]
+        for seq in (10, 3):  # the retried PUT, then an older one: answered, not applied
+            r = c.put("/v1/users/p/history", json={"items": ["1001", "1002"], "seq": seq}).json()
+            assert r["applied"] is False and r["reason"] == "duplicate" and r["items"] == want
+        r = c.post("/v1/events", json={"user": "p", "item": "1003", "seq": 11}).json()
+        assert r["applied"] is False  # event 11 is not applied a second time
+        got = c.get("/v1/users/p/recommendations").json()
+        assert got["seq"] == 12 and got["items"] == want
+        hist = c.get("/v1/users/p/history").json()
+        assert hist["items"] == ["1001", "1002", "1003", "1004"] and hist["n"] == 4
+
+
+# ----------------------------------------------------------------- 2. partial failure
+def _poison(db, cell, user: str) -> None:
+    """Store a NaN state for `user` under the cell's own key (a sound-looking, broken record)."""
+    eng = Engine(cell, providers="cpu", store=SQLiteStore(db))
+    bad = UserState(cell=eng.state_key, state=np.full(eng.state_size, np.nan, np.float32))
+    assert not eng.store.commit({user: (None, bad)})
+    eng.close()
+
+
+def test_multi_event_answer_says_which_events_were_applied(cell, start_server, tmp_path):
+    db = tmp_path / "s.db"
+    _poison(db, cell, "poisoned")
+    srv = start_server(cell, state=db)
+    events = [
+        {"user": "good", "item": "1001", "seq": 1},
+        {"user": "poisoned", "item": "1002", "seq": 1},
+        {"user": "good", "item": "1003", "seq": 2},
+    ]
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        r = c.post("/v1/events", json={"events": events})
+        assert r.status_code == 207, r.text  # partly applied
+        body = r.json()
+        assert body["failed"] == 1
+        ok1, bad, ok2 = body["results"]
+        assert bad["user"] == "poisoned" and bad["code"] == "non_finite" and "items" not in bad
+        assert ok1["seq"] == 1 and ok2["seq"] == 2 and "error" not in ok1
+        # the client retries exactly what failed; the applied ones stay applied once
+        r = c.post("/v1/events", json={"events": events})
+        assert [x.get("applied", True) for x in r.json()["results"]] == [False, True, False]
+        r = c.post("/v1/events", json={"user": "poisoned", "item": "1002"})
+        assert r.status_code == 500 and r.json()["code"] == "non_finite"
+
+
+# ----------------------------------------------------------------- 3. one file, two processes
+def test_second_server_on_one_state_file_is_refused(cell, start_server, tmp_path):
+    db = tmp_path / "s.db"
+    start_server(cell, state=db)
+    cmd = [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0"]
+    p = subprocess.run([*cmd, "--state", str(db)], capture_output=True, text=True, timeout=60)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("recblr-serve: error:") and "in use by process" in lines[0]
+
+
+def test_two_writers_on_one_file_lose_nothing(cell, tmp_path, replay_fn):
+    """The issue's sequence (A seq 1, B seq 2, A seq 3) through two engines whose stores share
+    one file without the process lock: the compare-and-set re-reads and re-steps."""
+    db = tmp_path / "s.db"
+    a = Engine(cell, providers="cpu", store=SQLiteStore(db, exclusive=False))
+    b = Engine(cell, providers="cpu", store=SQLiteStore(db, exclusive=False))
+    a.step(["u"], ["1001"], seqs=[1])
+    b.step(["u"], ["1002"], seqs=[2])
+    a.step(["u"], ["1003"], seqs=[3])
+    assert b.step(["u"], ["1002"], seqs=[2])[0].applied is False
+    st = a.get_state("u")
+    assert st.n == 3 and st.seq == 3 and st.recent == ["1001", "1002", "1003"]
+    np.testing.assert_allclose(st.state, replay_fn(cell, ["1001", "1002", "1003"])[0], atol=1e-5)
+    a.close(), b.close()
+
+
+# ----------------------------------------------------------------- 4. truncated bodies
+def test_incomplete_bodies_are_never_applied(cell, start_server):
+    srv = start_server(cell, "--store", "memory")
+    body = b'{"user":"cut","item":"1001"}'
+    s = _raw(srv.url)
+    head = f"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) + 68}\r\n"
+    s.sendall(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
+    time.sleep(0.3)
+    s.close()
+    stream = b'{"user":"s1","item":"1001"}\n{"user":"s2","item":"1002"}'
+    s = _raw(srv.url)
+    head = f"POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Length: {len(stream) + 50}\r\n\r\n"
+    s.sendall(head.encode() + stream)
+    time.sleep(0.3)
+    s.close()
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        assert _wait_for(lambda: c.get("/v1/users/s1/recommendations").status_code == 200)
+        assert c.get("/v1/users/s2/recommendations").status_code == 404  # its line never ended
+        assert c.get("/v1/users/cut/recommendations").status_code == 404
+        # a stream whose body ends normally: its last line counts without a newline
+        r = c.post("/v1/stream", content=b'{"user":"s3","item":"1003"}')
+        assert r.status_code == 200 and c.get("/v1/users/s3/recommendations").is_success
+
+
+# ----------------------------------------------------------------- 5. ids a path cannot carry
+USERS = ["acme/alice", "a b", "q?x=1", "h#x", "p%2F", "../x", "é/ü", "a\\b", ".", "..", "+"]
+
+
+def test_every_id_can_be_read_reset_and_erased(cell, start_server, replay_fn):
+    srv = start_server(cell, "--store", "memory")
+    with httpx.Client(timeout=10) as c:
+        for user in USERS:
+            # percent-encoded; dots too, since clients drop "." and ".." path segments
+            p = srv.url + "/v1/users/" + quote(user, safe="").replace(".", "%2E")
+            assert c.post(srv.url + "/v1/events", json={"user": user, "item": "1001"}).is_success
+            r = c.get(httpx.URL(p + "/recommendations"))
+            assert r.status_code == 200 and r.json()["user"] == user, (user, r.text)
+            assert c.get(httpx.URL(p + "/history")).json()["items"] == ["1001"]
+            r = c.put(httpx.URL(p + "/history"), json={"items": ["1002"]})
+            assert r.status_code == 200 and r.json()["items"] == replay_fn(cell, ["1002"])[1]
+            assert c.delete(httpx.URL(p)).json() == {"user": user, "deleted": True}
+            assert c.get(httpx.URL(p + "/recommendations")).status_code == 404
+        r = c.get(srv.url + "/v1/users/%FF/recommendations")
+        assert r.status_code == 422 and "UTF-8" in r.json()["error"]
+
+
+# ----------------------------------------------------------------- 7. exclude-seen vs catalog
+def test_exclude_seen_that_empties_the_top_k_is_refused_at_start(cell):
+    with pytest.raises(BadEvent, match="--exclude-seen 51 with the cell's K=10"):
+        Engine(cell, providers="cpu", exclude_seen=51)  # 60 items, K=10
+    eng = Engine(cell, providers="cpu", exclude_seen=50)  # the largest that fits
+    res = eng.step(["x"] * 55, [ITEMS[i % 60] for i in range(55)])
+    assert all(len(r.items) == 10 and np.isfinite(r.scores).all() for r in res)
+    r = eng.reset("y", ITEMS)
+    assert len(r.items) == 10 and np.isfinite(r.scores).all()
+
+
+# ----------------------------------------------------------------- 8. broken records, WAL
+def test_unreadable_record_fails_only_its_user(cell, tmp_path):
+    db = tmp_path / "s.db"
+    eng = Engine(cell, providers="cpu", store=SQLiteStore(db))
+    short = UserState(cell=eng.state_key, state=np.zeros(eng.state_size - 1, np.float32))
+    assert not eng.store.commit({"short": (None, short)})
+    eng.close()
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO user_record VALUES ('garbage', 1, x'0102030405')")
+    con.commit()
+    con.close()
+    eng = Engine(cell, providers="cpu", store=SQLiteStore(db))
+    res = eng.apply([Event("short", "1001"), Event("ok", "1001"), Event("garbage", "1002")])
+    assert isinstance(res[0], CorruptState) and isinstance(res[2], CorruptState)
+    assert res[1].items and eng.get_state("ok").n == 1
+    eng.reset("garbage", ["1003"])  # a PUT repairs the user
+    assert eng.get_state("garbage").n == 1
+    eng.close()
+
+
+def test_store_refuses_a_database_without_wal():
+    with pytest.raises(StoreError, match="cannot use WAL"):
+        SQLiteStore(":memory:", exclusive=False)  # SQLite keeps such a database in memory mode
+
+
+# ----------------------------------------------------------------- 9. score and skip
+def test_score_refuses_a_nan_timestamp(tmp_path):
+    from recblr.runtime.score import ScoreInputError, read_interactions
+
+    rows = "user\titem\ttimestamp\n1\t1001\t5\n1\t1002\tnan\n"
+    import io
+
+    with pytest.raises(ScoreInputError, match="line 3.*finite number"):
+        list(read_interactions(io.StringIO(rows), "\t"))
+
+
+def test_skipped_unknown_item_is_answered_at_its_position(cell, replay_fn):
+    eng = Engine(cell, providers="cpu", unknown_items="skip")
+    res = eng.apply([Event("u", "1001"), Event("u", "nope"), Event("u", "1002")])
+    assert res[1].applied is False and res[1].reason == "unknown_item"
+    assert res[1].items == replay_fn(cell, ["1001"])[1]  # the state after 1001, not after 1002
+    assert res[2].items == replay_fn(cell, ["1001", "1002"])[1]
+
+
+# ----------------------------------------------------------------- 10-12. one client vs all
+def test_a_body_of_newlines_does_not_stall_the_server(cell, start_server):
+    srv = start_server(cell, "--store", "memory")
+    body = b"\n" * (8 << 20) + b'{"user":"nl","item":"1001"}\n'
+    done = {}
+
+    def post():
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            done["r"] = c.post("/v1/stream", content=body)
+
+    t = threading.Thread(target=post)
+    t0 = time.monotonic()
+    t.start()
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        worst = 0.0
+        while t.is_alive():
+            t1 = time.monotonic()
+            c.get("/healthz")
+            worst = max(worst, time.monotonic() - t1)
+    t.join()
+    # quadratic splitting took 5.6 s for 4 MB and stalled /healthz for most of it
+    assert time.monotonic() - t0 < 6 and worst < 1.0, (time.monotonic() - t0, worst)
+    assert done["r"].json()["user"] == "nl"
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_a_stream_client_that_never_reads_is_held_back(cell, start_server):
+    srv = start_server(cell, "--store", "memory")
+    before = _rss_mb(srv.proc.pid)
+    line = b'{"user":"flood","item":"1001"}\n'
+    s = _raw(srv.url)
+    s.sendall(b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = line * 2000
+    framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    s.settimeout(2.0)
+    sent = 0
+    try:
+        for _ in range(400):  # 25 MB of events, never reading an answer
+            s.sendall(framed)
+            sent += len(chunk)
+    except TimeoutError:
+        pass
+    grown = _rss_mb(srv.proc.pid) - before
+    with httpx.Client(base_url=srv.url, timeout=5) as c:  # others are still served
+        t0 = time.monotonic()
+        assert c.post("/v1/events", json={"user": "other", "item": "1002"}).is_success
+        assert time.monotonic() - t0 < 2
+    s.close()
+    assert sent < 400 * len(chunk), "the server kept reading a client that never reads"
+    assert grown < 150, f"server grew by {grown:.0f} MB"
+
+
+def test_stalled_bodies_time_out_and_shutdown_is_bounded_and_quiet(cell, start_server):
+    srv = start_server(cell, "--store", "memory", "--body-timeout", "1", "--log-level", "info")
+    stalled = _raw(srv.url)
+    stalled.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    answer = stalled.recv(4096)
+    assert b" 408 " in answer.split(b"\r\n")[0] and b"body_timeout" in answer
+    # a PUT whose client disconnects mid-body (#14), and one more stalled body at SIGTERM
+    gone = _raw(srv.url)
+    gone.sendall(b"PUT /v1/users/g/history HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n{")
+    time.sleep(0.2)
+    gone.close()
+    again = _raw(srv.url)
+    again.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    rc = srv.term(timeout=30)
+    assert time.monotonic() - t0 < 5 and rc in (0, -15)
+    assert "Traceback" not in srv.stderr and "ClientDisconnect" not in srv.stderr, srv.stderr
+    again.close()
+
+
+def test_stalled_bodies_do_not_hold_batches(cell):
+    """A request that has been reading for longer than max_wait_ms is not "about to be
+    queued": batches do not wait for it (three stalled bodies raised everyone's p50)."""
+    from recblr.runtime.server import ServerSettings, create_app
+
+    app = create_app(Engine(cell, providers="cpu"), ServerSettings(max_wait_ms=2.0))
+    app._reading[1] = time.perf_counter() - 1.0  # stalled for a second
+    assert not app._more_coming()
+    app._reading[2] = time.perf_counter()  # just arrived
+    assert app._more_coming()
+
+
+# ----------------------------------------------------------------- 13. head-of-line blocking
+@pytest.mark.parametrize("kind", ["put", "events"])
+def test_a_long_replay_does_not_hold_other_users(cell, start_server, kind):
+    srv = start_server(cell, "--store", "memory")
+    long = [ITEMS[i % 60] for i in range(10_000)]
+    finished = {}
+
+    def big():
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            if kind == "put":
+                r = c.put("/v1/users/big/history", json={"items": long})
+            else:
+                evs = [{"user": "big", "item": it} for it in long]
+                r = c.post("/v1/events", json={"events": evs})
+            assert r.status_code == 200
+        finished["big"] = time.monotonic()
+
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        c.post("/v1/events", json={"user": "warm", "item": "1001"})
+        t = threading.Thread(target=big)
+        t.start()
+        time.sleep(0.15)  # the big request is being applied
+        assert c.post("/v1/events", json={"user": "small", "item": "1001"}).is_success
+        finished["small"] = time.monotonic()
+        t.join()
+    assert finished["small"] < finished["big"]
