@@ -333,13 +333,24 @@ def test_two_replicas_exactly_once_through_a_sigkill(
             await asyncio.sleep(0.01)
         replicas[0].kill9()
         await asyncio.sleep(0.3)
-        again = await asyncio.to_thread(start_server, cell, *args, state=url)
-        urls[0] = again.url
+        # started on a daemon thread of its own (not asyncio's executor, whose shutdown would
+        # wait for it): a replica that never comes up fails the test instead of hanging it
+        started: list = []
+        threading.Thread(
+            target=lambda: started.append(start_server(cell, *args, state=url)), daemon=True
+        ).start()
+        while not started:
+            await asyncio.sleep(0.05)
+        urls[0] = started[0].url
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=2 * n_clients + 8)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-            await asyncio.gather(killer(), *(client(http, ci) for ci in range(n_clients)))
+            work = asyncio.gather(killer(), *(client(http, ci) for ci in range(n_clients)))
+            try:
+                await asyncio.wait_for(work, 240)
+            except TimeoutError:
+                pytest.fail(f"stuck after {done} of {total} events; replicas {urls}")
 
     try:
         t0 = time.monotonic()
