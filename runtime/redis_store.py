@@ -79,6 +79,11 @@ def _safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+def _key(user: str) -> bytes:
+    """The user's key; a lone surrogate in an id (which strict UTF-8 refuses) is kept as is."""
+    return (_USER + user).encode("utf-8", "surrogatepass")
+
+
 def _record(rev: bytes, raw: bytes) -> UserState:
     """A stored record; undecodable bytes fail this user only (the engine answers
     corrupt_state), as in the SQLite store."""
@@ -185,7 +190,7 @@ class RedisStore:
         uniq = list(dict.fromkeys(users))
         if not uniq:
             return {}
-        rows = self._call(self._read, keys=[_USER + u for u in uniq], args=_FIELDS)
+        rows = self._call(self._read, keys=[_key(u) for u in uniq], args=_FIELDS)
         return {u: _record(*v) for u, v in zip(uniq, rows, strict=True) if v[0] is not None}
 
     def commit(self, writes: dict[str, tuple[int | None, UserState]]) -> set[str]:
@@ -195,7 +200,7 @@ class RedisStore:
         if not writes:
             return set()
         users = list(writes)
-        keys = [_COUNT] + [_USER + u for u in users]
+        keys = [_COUNT] + [_key(u) for u in users]
         args: list = []
         old = {}
         for u in users:
@@ -213,7 +218,7 @@ class RedisStore:
         return failed
 
     def delete(self, user: str) -> bool:
-        return bool(self._call(self._delete, keys=[_COUNT, _USER + user]))
+        return bool(self._call(self._delete, keys=[_COUNT, _key(user)]))
 
     def count(self) -> int:
         return int(self._call(self._r.get, _COUNT) or 0)
@@ -223,7 +228,7 @@ class RedisStore:
         may come twice (SCAN's guarantee is every record at least once)."""
         nxt, keys = self._call(self._r.scan, cursor, match=_USER + "*", count=count)
         n = len(_USER)
-        return int(nxt), [k[n:].decode() for k in keys]
+        return int(nxt), [k[n:].decode("utf-8", "surrogatepass") for k in keys]
 
     def flush(self) -> None:
         """Nothing is buffered here: a commit is on the server when it returns."""

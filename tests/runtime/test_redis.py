@@ -78,6 +78,7 @@ def test_round_trip_count_and_scan(store):
         f"u{i}": (None, _state(i, seq=i if i % 2 else None, with_top=i % 3 > 0)) for i in range(30)
     }
     writes["ünï code/user*"] = (None, _state(99))
+    writes["lone \udcff surrogate"] = (None, _state(98))
     assert store.commit(writes) == set()
     got = store.get_many([*writes, "nobody", "u1"])
     assert set(got) == set(writes)
