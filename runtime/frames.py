@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from recblr.runtime.engine import Engine
-from recblr.runtime.score import score_histories
+from recblr.runtime.score import ScoreInputError, score_histories
 from recblr.runtime.store import MemoryStore
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def score_frame(
 
     engine = worker_engine(cell, exclude_seen, unknown_items, providers, threads)
     histories = (
-        (u, [] if items is None else [str(x) for x in items])
+        (u, _item_list(u, items, items_col))
         for u, items in zip(df[user_col].tolist(), df[items_col].tolist(), strict=True)
     )
     out = list(score_histories(engine, histories, k, chunk_size, policy=unknown_items))
@@ -127,6 +127,19 @@ def score_frame(
         },
         index=df.index,
     )
+
+
+def _item_list(user, items, items_col: str) -> list[str]:
+    if items is None:
+        return []
+    if isinstance(items, (str, bytes)):
+        raise ScoreInputError(
+            f"user {user!r}: column {items_col!r} holds a string, not a list of item ids (Dask "
+            "casts a column of Python lists to strings: give it a list dtype, e.g. "
+            "pd.ArrowDtype(pa.list_(pa.string())), or set dask.config "
+            "'dataframe.convert-string' to False)"
+        )
+    return [str(x) for x in items]
 
 
 def score_frames(
