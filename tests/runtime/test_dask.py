@@ -3,20 +3,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
+from engine_reference import assert_same_answers, histories, recblr_score
 
 pytest.importorskip("dask.dataframe", reason="the dask extra is not installed")
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
 from recblr.runtime import frames  # noqa: E402
 
-SCORE = "from recblr.runtime.cli import score_main; score_main()"
 K = 5
 
 
@@ -37,29 +31,6 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
-
-
-def histories(seed: int, n_users: int = 40) -> list[tuple[str, list[str]]]:
-    """Random histories over the test cell's items (1001..1060), lengths 0..30, with ids the
-    cell does not know mixed in (both sides skip them)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for u in range(n_users):
-        items = [str(1001 + int(i)) for i in rng.integers(0, 60, int(rng.integers(0, 31)))]
-        if u % 7 == 3:
-            items.insert(int(rng.integers(0, len(items) + 1)), "unknown-item")
-        out.append((f"u{u}", items))
-    return out
-
-
-def recblr_score(cell: Path, hist, tmp_path: Path, *args: str) -> dict[str, dict]:
-    """What the `recblr score` command line writes for these histories, per user."""
-    src, dst = tmp_path / "histories.jsonl", tmp_path / "scored.jsonl"
-    src.write_text("".join(json.dumps({"user": u, "items": h}) + "\n" for u, h in hist))
-    cmd = [sys.executable, "-c", SCORE, "--onnx", str(cell), "-i", str(src), "-o", str(dst)]
-    subprocess.run([*cmd, *args], check=True, capture_output=True, timeout=120)
-    rows = [json.loads(line) for line in dst.read_text().splitlines()]
-    return {r["user"]: r for r in rows}
 
 
 def test_map_partitions_matches_recblr_score_and_opens_the_cell_once_per_worker(
@@ -91,10 +62,7 @@ def test_map_partitions_matches_recblr_score_and_opens_the_cell_once_per_worker(
     out = scored.compute()
 
     assert list(out["user"]) == list(pdf["user"])  # rows in input order
-    assert sorted(out["user"]) == sorted(want)
-    for r in out.itertuples():
-        assert list(r.items) == want[r.user]["items"], r.user
-        np.testing.assert_allclose(r.scores, want[r.user]["scores"], rtol=1e-5, atol=1e-6)
+    assert_same_answers({r.user: (r.items, r.scores) for r in out.itertuples()}, want)
 
     # 8 partitions on 2 worker processes, and each process opened the cell once
     per_worker = dask_client.run(frames.opens)

@@ -6,18 +6,19 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
+from engine_reference import assert_same_answers, histories, recblr_score
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 pytest.importorskip("pyarrow", reason="Spark's mapInPandas needs pyarrow")
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs Java 17+ (no java on PATH, no JAVA_HOME)", allow_module_level=True)
+
+from pyspark import SparkFiles  # noqa: E402
 
 from recblr.runtime import frames  # noqa: E402
 
@@ -26,7 +27,6 @@ pytestmark = [  # pyspark 4.3 on pandas 3: its own deprecation notices, nothing 
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
 
-SCORE = "from recblr.runtime.cli import score_main; score_main()"
 K = 5
 
 
@@ -56,36 +56,6 @@ def spark():
     session.stop()
 
 
-def histories(seed: int, n_users: int = 40) -> list[tuple[str, list[str]]]:
-    """Random histories over the test cell's items (1001..1060), lengths 0..30, with ids the
-    cell does not know mixed in (both sides skip them)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for u in range(n_users):
-        items = [str(1001 + int(i)) for i in rng.integers(0, 60, int(rng.integers(0, 31)))]
-        if u % 7 == 3:
-            items.insert(int(rng.integers(0, len(items) + 1)), "unknown-item")
-        out.append((f"u{u}", items))
-    return out
-
-
-def recblr_score(cell: Path, hist, tmp_path: Path, *args: str) -> dict[str, dict]:
-    """What the `recblr score` command line writes for these histories, per user."""
-    src, dst = tmp_path / "histories.jsonl", tmp_path / "scored.jsonl"
-    src.write_text("".join(json.dumps({"user": u, "items": h}) + "\n" for u, h in hist))
-    cmd = [sys.executable, "-c", SCORE, "--onnx", str(cell), "-i", str(src), "-o", str(dst)]
-    subprocess.run([*cmd, *args], check=True, capture_output=True, timeout=120)
-    rows = [json.loads(line) for line in dst.read_text().splitlines()]
-    return {r["user"]: r for r in rows}
-
-
-def assert_same_answers(got: dict[str, tuple[list, list]], want: dict[str, dict]) -> None:
-    assert sorted(got) == sorted(want)
-    for user, (items, scores) in got.items():
-        assert items == want[user]["items"], user
-        np.testing.assert_allclose(scores, want[user]["scores"], rtol=1e-5, atol=1e-6)
-
-
 def test_map_in_pandas_matches_recblr_score_and_opens_the_cell_once_per_worker(
     spark, cell, tmp_path
 ):
@@ -109,19 +79,19 @@ def test_map_in_pandas_matches_recblr_score_and_opens_the_cell_once_per_worker(
             out["opens"] = json.dumps(frames.opens())
             yield out
 
-    df = spark.createDataFrame(hist, "user string, items array<string>").repartition(8)
+    rdd = spark.sparkContext.parallelize(hist, 8)  # 8 tasks of 5 users, 2 frames each
+    df = spark.createDataFrame(rdd, "user string, items array<string>")
     schema = frames.spark_schema() + ", pid long, frame string, opens string"
     rows = df.mapInPandas(score_and_report, schema).toPandas()
 
     got = {r.user: (list(r.items), list(r.scores)) for r in rows.itertuples()}
     assert_same_answers(got, want)
 
-    # per worker process: the shipped copy was opened once, however many frames it scored
-    last = rows.groupby("pid").agg(frames=("frame", "nunique"), opens=("opens", "last"))
-    assert rows["frame"].nunique() > len(last), "expected several frames per worker process"
-    root = spark.sparkContext._jvm.org.apache.spark.SparkFiles.getRootDirectory()
-    for pid, r in last.iterrows():
-        opened = json.loads(r.opens)
+    # after every frame, its process had opened one cell once: the copy addFile made
+    assert rows["frame"].nunique() > rows["pid"].nunique(), "expected several frames a process"
+    root = SparkFiles.getRootDirectory()
+    for pid, opens in set(zip(rows["pid"], rows["opens"], strict=True)):
+        opened = json.loads(opens)
         assert list(opened.values()) == [1], (pid, opened)
         (path,) = opened
         assert Path(path).name == "model-cell.onnx" and Path(path).is_relative_to(root), path
