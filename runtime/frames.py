@@ -49,13 +49,23 @@ class SparkFile:
 
 
 _lock = threading.Lock()
-_engines: dict[tuple, Engine] = {}
+_engines: dict[tuple, tuple[tuple, Engine]] = {}
 _opens: Counter[str] = Counter()
 
 
 def cell_path(cell: str | os.PathLike | SparkFile) -> str:
     """The local file of a cell: a path as given, or a SparkFile's copy on this worker."""
     return cell.local_path() if isinstance(cell, SparkFile) else os.fspath(cell)
+
+
+def _file_version(path: str) -> tuple:
+    """What changes when a file is replaced: a worker outlives a job (Spark reuses its Python
+    workers), and a cell overwritten at the same path between jobs must be opened anew."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()  # missing: the Engine names the file in its error
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def worker_engine(
@@ -65,16 +75,18 @@ def worker_engine(
     providers: str = "cpu",
     threads: int = 1,
 ) -> Engine:
-    """This process's engine for `cell`: opened on the first call, the same object afterwards.
+    """This process's engine for `cell`: opened on the first call, the same object afterwards
+    (until the file at that path is replaced).
 
     threads=1: an engine runs one task per core it was given (Spark's local[N] and executor
     cores, Dask's threads per worker), so each ORT session keeps to one core.
     """
     path = cell_path(cell)
     key = (path, exclude_seen, unknown_items, providers, threads)
+    version = _file_version(path)
     with _lock:  # Dask runs tasks of one worker in threads: open once, not once per thread
-        engine = _engines.get(key)
-        if engine is None:
+        cached = _engines.get(key)
+        if cached is None or cached[0] != version:
             engine = Engine(
                 path,
                 providers=providers,
@@ -83,9 +95,9 @@ def worker_engine(
                 unknown_items=unknown_items,
                 threads=threads or None,
             )
-            _engines[key] = engine
+            cached = _engines[key] = (version, engine)
             _opens[path] += 1
-    return engine
+    return cached[1]
 
 
 def opens() -> dict[str, int]:
