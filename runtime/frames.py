@@ -123,22 +123,35 @@ def score_frame(
     The function for Dask `ddf.map_partitions(score_frame, cell, meta=score_meta())` and Ray
     `ds.map_batches(score_frame, fn_kwargs={"cell": path}, batch_format="pandas")`.
     """
-    import pandas as pd
-
     engine = worker_engine(cell, exclude_seen, unknown_items, providers, threads)
     histories = (
         (u, _item_list(u, items, items_col))
         for u, items in zip(df[user_col].tolist(), df[items_col].tolist(), strict=True)
     )
     out = list(score_histories(engine, histories, k, chunk_size, policy=unknown_items))
-    return pd.DataFrame(
-        {
-            user_col: [u for u, _, _ in out],
-            "items": [i for _, i, _ in out],
-            "scores": [s for _, _, s in out],
-        },
-        index=df.index,
+    return _frame(
+        user_col,
+        [u for u, _, _ in out],
+        [i for _, i, _ in out],
+        [s for _, _, s in out],
+        df.index,
     )
+
+
+def _frame(user_col: str, users: list, items: list, scores: list, index=None) -> pd.DataFrame:
+    """Arrow-typed columns (string, list<string>, list<double>): Dask keeps them as they are
+    and writes them to Parquet; Spark and Ray take them without a conversion."""
+    import pandas as pd
+    import pyarrow as pa
+
+    columns = {
+        user_col: pa.array(users, pa.string()),
+        "items": pa.array(items, pa.list_(pa.string())),
+        "scores": pa.array(scores, pa.list_(pa.float64())),
+    }
+    return pd.DataFrame(
+        {name: pd.Series(col, dtype=pd.ArrowDtype(col.type)) for name, col in columns.items()}
+    ).set_axis(index if index is not None else pd.RangeIndex(len(users)))
 
 
 def _item_list(user, items, items_col: str) -> list[str]:
@@ -160,7 +173,7 @@ def score_frames(
     """Iterator of frames -> iterator of scored frames: the function Spark `mapInPandas` takes.
 
         df.mapInPandas(functools.partial(score_frames, cell=SparkFile("cell.onnx")),
-                       schema=SPARK_SCHEMA)
+                       schema=spark_schema())
 
     `options` are `score_frame`'s (k, user_col, items_col, exclude_seen, unknown_items, ...).
     """
@@ -175,12 +188,4 @@ def spark_schema(user_col: str = "user") -> str:
 
 def score_meta(user_col: str = "user") -> pd.DataFrame:
     """An empty frame of `score_frame`'s output: Dask's `meta=` for map_partitions."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        {
-            user_col: pd.Series(dtype=object),
-            "items": pd.Series(dtype=object),
-            "scores": pd.Series(dtype=object),
-        }
-    )
+    return _frame(user_col, [], [], [])
