@@ -1,0 +1,44 @@
+"""What the engine tests compare against: `recblr score` on the same histories (importable:
+pytest adds tests/ to sys.path)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCORE = "from recblr.runtime.cli import score_main; score_main()"  # what `recblr score` runs
+
+
+def histories(seed: int, n_users: int = 40) -> list[tuple[str, list[str]]]:
+    """Random histories over the runtime test cell's items (1001..1060), lengths 0..30, with
+    an id the cell does not know mixed into some (scored with unknown items skipped)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(n_users):
+        items = [str(1001 + int(i)) for i in rng.integers(0, 60, int(rng.integers(0, 31)))]
+        if u % 7 == 3:
+            items.insert(int(rng.integers(0, len(items) + 1)), "unknown-item")
+        out.append((f"u{u}", items))
+    return out
+
+
+def recblr_score(cell: Path, hist, tmp_path: Path, *args: str) -> dict[str, dict]:
+    """What the `recblr score` command line writes for these histories, per user."""
+    src, dst = tmp_path / "histories.jsonl", tmp_path / "scored.jsonl"
+    src.write_text("".join(json.dumps({"user": u, "items": h}) + "\n" for u, h in hist))
+    cmd = [sys.executable, "-c", SCORE, "--onnx", str(cell), "-i", str(src), "-o", str(dst)]
+    subprocess.run([*cmd, *args], check=True, capture_output=True, timeout=120)
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    return {r["user"]: r for r in rows}
+
+
+def assert_same_answers(got: dict[str, tuple[list, list]], want: dict[str, dict]) -> None:
+    """user -> (items, scores) from an engine equals the command line's, user by user."""
+    assert sorted(got) == sorted(want)
+    for user, (items, scores) in got.items():
+        assert list(items) == want[user]["items"], user
+        np.testing.assert_allclose(list(scores), want[user]["scores"], rtol=1e-5, atol=1e-6)
