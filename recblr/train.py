@@ -215,7 +215,7 @@ def train(
     model = RecBLR(model_cfg).to(device)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
     train_seqs = data.train_sequences()
-    n_users = len(data.sequences)
+    n_users = data.n_users
 
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
     t_train = 0.0

@@ -166,3 +166,19 @@ def test_build_sequences_ids_are_strings():
 def test_ml100k_real(ml100k: Path):
     d = load_dataset(str(ml100k))
     assert (len(d.user_ids), d.n_items, d.n_interactions) == (943, 1349, 99287)
+
+
+def test_cli_data_info_on_parquet_with_named_columns(tmp_path: Path):
+    import subprocess
+    import sys
+
+    n = 40
+    pq.write_table(pa.table({"customer_id": np.repeat(np.arange(8), 5), "sku": [f"s{k % 5}" for k in range(n)],
+                             "ts": np.arange(n)}), tmp_path / "events.parquet")
+    args = [sys.executable, "-m", "recblr", "data", "info", str(tmp_path / "events.parquet"),
+            "--user-col", "customer_id", "--item-col", "sku", "--time-col", "ts"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "8 │     5 │           40" in r.stdout
+    r = subprocess.run(args[:-1] + ["when"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no timestamp column" in r.stderr and "Traceback" not in r.stderr
