@@ -112,6 +112,23 @@ def first_appearance(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return enc.indices.to_numpy(), enc.dictionary.to_numpy()
 
 
+def user_time_order(user: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Row order by (user, time, row): a stable sort of the rows by user, then time.
+
+    Same order as `np.lexsort((time, user))`, faster: rows already in time order (most logs)
+    skip the time sort, and the user sort runs on one int64 key (user << 32 | position),
+    which is unique, so an unstable sort is exact."""
+    n = len(user)
+    if n >= 2**32 or (len(user) and int(user.max()) >= 2**31):
+        return np.lexsort((time, user))
+    by_time = None if bool(np.all(time[1:] >= time[:-1])) else np.argsort(time, kind="stable")
+    key = (user if by_time is None else user[by_time]).astype(np.int64) << 32
+    key |= np.arange(n, dtype=np.int64)
+    key.sort()
+    key &= 0xFFFFFFFF
+    return key if by_time is None else by_time[key]
+
+
 def build_sequences(
     inter: Interactions, min_count: int = 5, spec: dict | None = None, steps: Steps | None = None
 ) -> SequenceData:
@@ -131,8 +148,7 @@ def build_sequences(
     item_rank, item_order = first_appearance(inter.item_codes[rows])
     user_rank, user_order = first_appearance(inter.user_codes[rows])
     steps.start("sorting by user and time")
-    # np.lexsort is stable: equal (user, timestamp) keep file order.
-    order = np.lexsort((inter.timestamps[rows], user_rank))
+    order = user_time_order(user_rank, inter.timestamps[rows])
     del rows
     items = item_rank[order].astype(np.int64) + 1
     del order, item_rank

@@ -29,7 +29,6 @@ FORMATS = ("auto", "inter", "ml-1m", "ml-100k", "csv", "parquet")
 USER_NAMES = ["user_id", "user", "userId"]
 ITEM_NAMES = ["item_id", "item", "movieId", "itemId"]
 TIME_NAMES = ["timestamp", "time", "ts"]
-_ID = pa.dictionary(pa.int32(), pa.string())
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|infinity)$"
 
 
@@ -133,26 +132,29 @@ class _CountingFile(io.RawIOBase):
 
 
 def encode_ids(col: pa.ChunkedArray, strip: bool = False) -> tuple[np.ndarray, pa.Array]:
-    """Integer codes (int32) and the string vocabulary they index; one hash pass per column.
+    """Integer codes (int32) and the string vocabulary they index.
 
-    `strip` trims surrounding whitespace from the ids (text formats), merging ids that become
-    equal."""
-    if not pa.types.is_dictionary(col.type):
-        col = pc.dictionary_encode(col)
-    col = col.unify_dictionaries()
-    if col.num_chunks == 0:
+    Each chunk is hashed on its own (or keeps the dictionary it was read with), then the
+    chunks' small dictionaries are hashed together and every chunk's codes remapped: one
+    pass over the rows, no Python object per row. `strip` trims surrounding whitespace from
+    the ids (text formats), merging ids that become equal."""
+    parts = [c if pa.types.is_dictionary(c.type) else pc.dictionary_encode(c) for c in col.chunks if len(c)]
+    if not parts:
         return np.zeros(0, dtype=np.int32), pa.array([], pa.string())
-    vocab = col.chunk(0).dictionary
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks]).astype(np.int32, copy=False)
-    if not (pa.types.is_string(vocab.type) or pa.types.is_large_string(vocab.type)):
-        vocab = pc.cast(vocab, pa.string())
+    words = pa.concat_arrays([p.dictionary for p in parts])
+    if not (pa.types.is_string(words.type) or pa.types.is_large_string(words.type)):
+        words = pc.cast(words, pa.string())
     if strip:
-        trimmed = pc.utf8_trim_whitespace(vocab)
-        if not trimmed.equals(vocab):
-            remap = pc.dictionary_encode(trimmed)
-            codes = remap.indices.to_numpy()[codes].astype(np.int32, copy=False)
-            vocab = remap.dictionary
-    return codes, vocab
+        words = pc.utf8_trim_whitespace(words)
+    merged = pc.dictionary_encode(words)
+    remap = merged.indices.to_numpy().astype(np.int32, copy=False)
+    codes = np.empty(len(col), dtype=np.int32)
+    row = base = 0
+    for p in parts:
+        codes[row : row + len(p)] = remap[base + p.indices.to_numpy(zero_copy_only=False)]
+        row += len(p)
+        base += len(p.dictionary)
+    return codes, merged.dictionary
 
 
 def _id_column(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
@@ -273,7 +275,7 @@ def _read_text(
 
     def convert(time_type):
         return pcsv.ConvertOptions(
-            include_columns=list(names), column_types={un: _ID, itn: _ID, tn: time_type},
+            include_columns=list(names), column_types={un: pa.string(), itn: pa.string(), tn: time_type},
             strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False,
         )
 
@@ -281,8 +283,7 @@ def _read_text(
         steps.start(f"reading {path.name}", total=path.stat().st_size)
         f = _CountingFile(path, steps.advance)
         try:
-            reader = pcsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert(time_type))
-            return pa.Table.from_batches(list(reader), schema=reader.schema)
+            return pcsv.read_csv(f, read_options=read, parse_options=parse, convert_options=convert(time_type))
         finally:
             f.close()
 
@@ -317,7 +318,7 @@ def read_inter(path: Path, steps: Steps, user_col=None, item_col=None, time_col=
         find_column(names, [item_col] if item_col else ["item_id"], str(path), "item", "--item-col"),
         find_column(names, [time_col] if time_col else ["timestamp"], str(path), "timestamp", "--time-col"),
     )
-    read = pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=16 << 20)
+    read = pcsv.ReadOptions(column_names=names, skip_rows=1, block_size=64 << 20)
     return to_interactions(_read_text(path, steps, cols, read, "\t", quoting=False), cols, str(path), strip=True)
 
 
@@ -327,7 +328,7 @@ def read_movielens(path: Path, steps: Steps, fmt: str) -> Interactions:
         delimiter, cols = ":", ("f0", "f2", "f6")
     else:
         delimiter, cols = "\t", ("f0", "f1", "f3")
-    read = pcsv.ReadOptions(autogenerate_column_names=True, block_size=16 << 20)
+    read = pcsv.ReadOptions(autogenerate_column_names=True, block_size=64 << 20)
     return to_interactions(_read_text(path, steps, cols, read, delimiter, quoting=False), cols, str(path), strip=True)
 
 
@@ -340,7 +341,7 @@ def read_csv(path: Path, steps: Steps, user_col=None, item_col=None, time_col=No
         sep = "\t" if path.suffix.lower() == ".tsv" or "\t" in header else ","
     names = next(csv.reader([header], delimiter=sep))
     cols = _columns(names, str(path), user_col, item_col, time_col)
-    read = pcsv.ReadOptions(block_size=16 << 20)
+    read = pcsv.ReadOptions(block_size=64 << 20)
     return to_interactions(_read_text(path, steps, cols, read, sep, quoting=True), cols, str(path), strip=True)
 
 

@@ -182,3 +182,15 @@ def test_cli_data_info_on_parquet_with_named_columns(tmp_path: Path):
     assert "8 │     5 │           40" in r.stdout
     r = subprocess.run(args[:-1] + ["when"], capture_output=True, text=True)
     assert r.returncode == 2 and "no timestamp column" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("time_sorted", [True, False])
+def test_user_time_order_is_lexsort(time_sorted: bool):
+    from recblr.data import user_time_order
+
+    rng = np.random.default_rng(3)
+    user = rng.integers(0, 50, 5000)
+    time = rng.integers(0, 30, 5000).astype(np.float64)  # many ties
+    if time_sorted:
+        time.sort()
+    assert np.array_equal(user_time_order(user, time), np.lexsort((time, user)))
