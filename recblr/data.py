@@ -160,16 +160,20 @@ def build_sequences(
     return SequenceData(item_ids, user_ids, items, offsets, spec or {})
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, steps: Steps | None = None) -> str:
     """Checksum of a file, or of a Parquet directory's files (names and contents)."""
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if steps is not None:
+        steps.start(f"checksum of {path.name}", total=sum(f.stat().st_size for f in files))
     for f in files:
         if f != path:
             h.update(str(f.relative_to(path)).encode() + b"\0")
         with f.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
                 h.update(block)
+                if steps is not None:
+                    steps.advance(len(block))
     return h.hexdigest()
 
 
@@ -196,11 +200,10 @@ def resolve_data(data: str) -> Path:
     return path
 
 
-def _load(path: Path, spec: dict, show_progress: bool | None) -> SequenceData:
+def _build(path: Path, spec: dict, steps: Steps) -> SequenceData:
     user_col, item_col, time_col = spec.get("columns") or [None, None, None]
-    with Steps(show_progress) as steps:
-        inter = read_interactions(path, spec.get("format", "auto"), user_col, item_col, time_col, steps)
-        return build_sequences(inter, int(spec.get("min_count", 5)), spec, steps)
+    inter = read_interactions(path, spec.get("format", "auto"), user_col, item_col, time_col, steps)
+    return build_sequences(inter, int(spec.get("min_count", 5)), spec, steps)
 
 
 def load_dataset(
@@ -218,15 +221,16 @@ def load_dataset(
     if min_count < 3:
         raise RecblrError(f"--min-count {min_count} is too small: leave-one-out needs at least 3 items per user")
     path = resolve_data(data)
-    spec = {
-        "source": data,
-        "path": str(path.resolve()),
-        "format": fmt,
-        "min_count": min_count,
-        "columns": [user_col, item_col, time_col],
-        "sha256": file_sha256(path),
-    }
-    return _load(path, spec, show_progress)
+    with Steps(show_progress) as steps:
+        spec = {
+            "source": data,
+            "path": str(path.resolve()),
+            "format": fmt,
+            "min_count": min_count,
+            "columns": [user_col, item_col, time_col],
+            "sha256": file_sha256(path, steps),
+        }
+        return _build(path, spec, steps)
 
 
 def dataset_from_spec(spec: dict, show_progress: bool | None = None) -> SequenceData | None:
@@ -234,6 +238,9 @@ def dataset_from_spec(spec: dict, show_progress: bool | None = None) -> Sequence
     if not spec or "path" not in spec:
         return None
     path = Path(spec["path"])
-    if not path.exists() or file_sha256(path) != spec.get("sha256"):
+    if not path.exists():
         return None
-    return _load(path, spec, show_progress)
+    with Steps(show_progress) as steps:
+        if file_sha256(path, steps) != spec.get("sha256"):
+            return None
+        return _build(path, spec, steps)

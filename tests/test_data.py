@@ -180,6 +180,7 @@ def test_cli_data_info_on_parquet_with_named_columns(tmp_path: Path):
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "8 │     5 │           40" in r.stdout
+    assert r.stderr == ""  # no progress bars when stderr is not a terminal
     r = subprocess.run(args[:-1] + ["when"], capture_output=True, text=True)
     assert r.returncode == 2 and "no timestamp column" in r.stderr and "Traceback" not in r.stderr
 
@@ -194,3 +195,18 @@ def test_user_time_order_is_lexsort(time_sorted: bool):
     if time_sorted:
         time.sort()
     assert np.array_equal(user_time_order(user, time), np.lexsort((time, user)))
+
+
+def test_dataset_from_spec_finds_the_same_parquet_directory(tmp_path: Path):
+    from recblr.data import dataset_from_spec
+
+    n = 30
+    table = pa.table({"user_id": np.repeat(np.arange(6), 5), "item_id": [f"s{k % 5}" for k in range(n)],
+                      "timestamp": np.arange(n)})
+    (tmp_path / "d").mkdir()
+    pq.write_table(table, tmp_path / "d" / "a.parquet")
+    d = load_dataset(str(tmp_path / "d"))
+    again = dataset_from_spec(d.spec)
+    assert again is not None and again.item_ids == d.item_ids and np.array_equal(again.items, d.items)
+    pq.write_table(table.slice(0, 5), tmp_path / "d" / "b.parquet")  # the directory changed
+    assert dataset_from_spec(d.spec) is None
