@@ -122,8 +122,10 @@ def user_time_order(user: np.ndarray, time: np.ndarray) -> np.ndarray:
     if n >= 2**32 or (len(user) and int(user.max()) >= 2**31):
         return np.lexsort((time, user))
     by_time = None if bool(np.all(time[1:] >= time[:-1])) else np.argsort(time, kind="stable")
-    key = (user if by_time is None else user[by_time]).astype(np.int64) << 32
-    key |= np.arange(n, dtype=np.int64)
+    key = np.arange(n, dtype=np.int64)
+    for s in range(0, n, 1 << 24):  # in slices: no full-size temporaries
+        u = user[s : s + (1 << 24)] if by_time is None else user[by_time[s : s + (1 << 24)]]
+        key[s : s + (1 << 24)] |= u.astype(np.int64) << 32
     key.sort()
     key &= 0xFFFFFFFF
     return key if by_time is None else by_time[key]
@@ -150,7 +152,7 @@ def build_sequences(
     steps.start("sorting by user and time")
     order = user_time_order(user_rank, inter.timestamps[rows])
     del rows
-    items = item_rank[order].astype(np.int64) + 1
+    items = np.add(item_rank[order], 1, dtype=np.int64)
     del order, item_rank
     offsets = np.zeros(len(user_order) + 1, dtype=np.int64)
     np.cumsum(np.bincount(user_rank, minlength=len(user_order)), out=offsets[1:])

@@ -417,12 +417,15 @@ def read_interactions(
         raise RecblrError(f"{path}: is a directory; pass the interactions file inside it")
     with _maybe(steps) as s:
         if fmt == "parquet":
-            return read_parquet(path, s, user_col, item_col, time_col)
-        if fmt == "inter":
-            return read_inter(path, s, user_col, item_col, time_col)
-        if fmt in ("ml-1m", "ml-100k"):
-            return read_movielens(path, s, fmt)
-        return read_csv(path, s, user_col, item_col, time_col)
+            inter = read_parquet(path, s, user_col, item_col, time_col)
+        elif fmt == "inter":
+            inter = read_inter(path, s, user_col, item_col, time_col)
+        elif fmt in ("ml-1m", "ml-100k"):
+            inter = read_movielens(path, s, fmt)
+        else:
+            inter = read_csv(path, s, user_col, item_col, time_col)
+    pa.default_memory_pool().release_unused()  # the file's columns are gone: give their pages back
+    return inter
 
 
 @contextmanager
