@@ -12,6 +12,7 @@ after another. Each case also prints a digest of (item ids, user ids, items, off
 the old and new paths, and the CSV and Parquet copies, are checked to give the same data.
 
     python benchmarks/data.py --sizes 1e6 1e7 1e8 --old-max 1e7 [--dir /tmp/recblr-bench]
+    python benchmarks/data.py --feed /tmp/recblr-bench/events_1e07.parquet --out data_feed
 """
 
 from __future__ import annotations
@@ -156,6 +157,59 @@ def case(kind: str, path: str) -> dict:
     return out
 
 
+def feed(path: Path, steps: int) -> dict:
+    """One training epoch's data feed against its compute, on the prepared file: the feed is
+    the epoch's windows and batches plus each batch's slicing and padding; the compute is
+    the rest of a step (carried state, forward, loss, backward, Adam). Compute is timed on
+    `steps` batches and scaled to the epoch (CPU, one thread)."""
+    import numpy as np
+    import torch
+
+    from recblr.config import ModelConfig, TrainConfig
+    from recblr.data import load_dataset
+    from recblr.evaluate import pad_right
+    from recblr.model import RecBLR
+    from recblr.train import carried_states, length_batches, next_item_loss, sequence_windows
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    d = load_dataset(str(path), time_col="ts", show_progress=False)
+    prepare = time.perf_counter() - t
+    cfg = TrainConfig(device="cpu")
+    model = RecBLR(ModelConfig(n_items=d.n_items))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    seqs = d.train_sequences()
+    windows = sequence_windows(seqs, cfg.max_len)
+    batches = length_batches(np.array([w[2] for w in windows]), cfg.batch_size, rng)
+    plan = time.perf_counter() - t
+    pad_s, step_s = [], []
+    for batch in batches[:steps]:
+        t = time.perf_counter()
+        ws = [windows[i] for i in batch]
+        items, lens = pad_right([seqs[u][s : s + n] for u, s, n in ws])
+        tgts, _ = pad_right([seqs[u][s + 1 : s + n + 1] for u, s, n in ws])
+        pad_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        state = carried_states(model, [seqs[u] for u, _, _ in ws], [s for _, s, _ in ws], torch.device("cpu"))
+        h, _ = model(items, state, lens)
+        mask = torch.arange(items.shape[1]).view(1, -1) < lens.view(-1, 1)
+        loss = next_item_loss(model, h[mask], tgts[mask], cfg.loss, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step_s.append(time.perf_counter() - t)
+    n_batches = len(batches)
+    feed_epoch = plan + n_batches * float(np.mean(pad_s))
+    compute_epoch = n_batches * float(np.mean(step_s))
+    return {"file": path.name, "prepare_seconds": prepare, "batches": n_batches, "timed_batches": len(step_s),
+            "plan_seconds": plan, "pad_seconds_per_batch": float(np.mean(pad_s)),
+            "compute_seconds_per_batch": float(np.mean(step_s)), "feed_epoch_seconds": feed_epoch,
+            "compute_epoch_seconds_estimate": compute_epoch, "feed_share": feed_epoch / (feed_epoch + compute_epoch),
+            "model": ModelConfig(n_items=d.n_items).to_dict(), "batch_size": cfg.batch_size, "max_len": cfg.max_len}
+
+
 def run_case(kind: str, path: Path, timeout: float) -> dict:
     """`case` in a fresh subprocess."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -185,11 +239,20 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/recblr-bench"))
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", default="data")
+    ap.add_argument("--feed", type=Path, help="instead: one epoch's data feed vs compute on this file")
+    ap.add_argument("--feed-steps", type=int, default=5)
     args = ap.parse_args()
     if args.case:
         print(json.dumps(case(*args.case)))
         return
     from _common import provenance, write_result
+
+    if args.feed:
+        res = feed(args.feed, args.feed_steps)
+        print(json.dumps(res, indent=2))
+        print(write_result(args.out, {"provenance": provenance(), "note": "2-core machine shared with other "
+                                      "sessions' jobs", "feed": res}))
+        return
 
     results, comparisons = [], []
     for size in args.sizes:
