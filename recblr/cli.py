@@ -46,9 +46,9 @@ Split = _choices("Split", ("valid", "test"))
 
 
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset name (ml-100k) or interactions file.")]
-FormatOpt = Annotated[str, typer.Option("--format", help="auto, inter, ml-1m, ml-100k or csv.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto, inter, ml-1m, ml-100k, csv or parquet.")]
 MinCountOpt = Annotated[int, typer.Option("--min-count", help="k of the iterative k-core filter.")]
-ColOpt = Annotated[str | None, typer.Option(help="Column name override (inter/csv files).")]
+ColOpt = Annotated[str | None, typer.Option(help="Column name override (inter/csv/parquet files).")]
 
 
 @data_app.command("fetch")
@@ -70,20 +70,22 @@ def data_info(
     data: Annotated[str, typer.Argument(help="Dataset name or interactions file.")],
     fmt: FormatOpt = "auto",
     min_count: MinCountOpt = 5,
+    user_col: ColOpt = None,
+    item_col: ColOpt = None,
+    time_col: ColOpt = None,
 ) -> None:
     """Statistics of a dataset after the protocol (k-core, leave-one-out)."""
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from recblr.data import load_dataset
 
-    d = load_dataset(data, fmt, min_count)
-    lengths = np.array([len(s) for s in d.sequences])
+    d = load_dataset(data, fmt, min_count, user_col, item_col, time_col)
+    lengths = d.lengths
     table = Table(title=f"{data} after {min_count}-core")
     for col in ("users", "items", "interactions", "mean length", "max length"):
         table.add_column(col, justify="right")
-    table.add_row(str(len(d.user_ids)), str(d.n_items), str(d.n_interactions),
+    table.add_row(str(d.n_users), str(d.n_items), str(d.n_interactions),
                   f"{lengths.mean():.1f}", str(int(lengths.max())))
     Console().print(table)
 
@@ -197,7 +199,7 @@ def evaluate(
     modes = MODES if mode.value == "both" else (mode.value,)
     window = int(ckpt.train_config.get("max_len", 200)) if max_len is None else max_len
     result = run_eval(ckpt.model, d, split.value, modes, window)
-    typer.echo(json.dumps({"split": split.value, "max_len": window, "users": len(d.sequences), **result}, indent=2))
+    typer.echo(json.dumps({"split": split.value, "max_len": window, "users": d.n_users, **result}, indent=2))
 
 
 app.command("export")(export)

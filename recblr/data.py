@@ -1,302 +1,194 @@
-"""Interaction files -> per-user chronological item sequences, by the paper's protocol.
+"""Interactions -> per-user chronological item sequences, by the paper's protocol.
 
 Protocol (shared/spec/RECBLR.md, via RecBole): stable chronological sort per user (equal
 timestamps keep file order), iterative k-core filter on users and items, leave-one-out
 split (last item = test target, second to last = validation target, the rest trains).
-External ids stay strings; internal item index 0 is padding.
+Internal item indices follow the items' first appearance in the filtered file (index 0 is
+padding); users likewise. Everything runs over integer codes (see `recblr.readers`), and
+the sequences are stored as CSR: one flat item array plus per-user offsets.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recblr.errors import RecblrError
+from recblr.readers import FORMATS, Interactions, Steps, read_interactions
+
+__all__ = ["FORMATS", "PAD", "Interactions", "SequenceData", "build_sequences", "kcore_rows",
+           "load_dataset", "dataset_from_spec", "resolve_data", "first_appearance"]
 
 PAD = "[PAD]"
-FORMATS = ("auto", "inter", "ml-1m", "ml-100k", "csv")
-
-
-@dataclass
-class Interactions:
-    """Raw (user, item, timestamp) rows in file order."""
-
-    users: list[str]
-    items: list[str]
-    timestamps: np.ndarray  # float64
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
-    if not path.exists():
-        raise RecblrError(f"{path}: no such file; check the path (or run `recblr data fetch`)")
-    if path.is_dir():
-        raise RecblrError(f"{path}: is a directory; pass the interactions file inside it")
-    try:
-        with path.open("r", encoding="utf-8", newline="") as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield lineno, line
-    except UnicodeDecodeError as e:
-        raise RecblrError(f"{path}: not a UTF-8 text file ({e.reason}); pass an interactions file") from None
-
-
-def _timestamp(value: str, path: Path, lineno: int, column: str) -> float:
-    try:
-        ts = float(value)
-    except ValueError:
-        raise RecblrError(
-            f"{path}:{lineno}: timestamp {value!r} in column {column!r} is not a number; "
-            "timestamps must be numeric (e.g. Unix seconds)"
-        ) from None
-    if ts != ts:  # NaN
-        raise RecblrError(f"{path}:{lineno}: timestamp is NaN in column {column!r}")
-    return ts
-
-
-def _rows_to_interactions(
-    rows: Iterator[tuple[int, list[str]]], path: Path, cols: tuple[int, int, int], tname: str
-) -> Interactions:
-    ui, ii, ti = cols
-    need = max(cols) + 1
-    users: list[str] = []
-    items: list[str] = []
-    times: list[float] = []
-    for lineno, fields in rows:
-        if len(fields) < need:
-            raise RecblrError(
-                f"{path}:{lineno}: expected at least {need} fields, found {len(fields)}; "
-                "check the file format / separator"
-            )
-        users.append(fields[ui].strip())
-        items.append(fields[ii].strip())
-        times.append(_timestamp(fields[ti].strip(), path, lineno, tname))
-    if not users:
-        raise RecblrError(f"{path}: no interactions in the file; pass a non-empty file")
-    return Interactions(users, items, np.asarray(times, dtype=np.float64), str(path))
-
-
-def _find_column(names: list[str], wanted: list[str], path: Path, role: str, flag: str) -> int:
-    lowered = [n.lower() for n in names]
-    for w in wanted:
-        if w.lower() in lowered:
-            return lowered.index(w.lower())
-    raise RecblrError(
-        f"{path}: no {role} column (looked for {', '.join(map(repr, wanted))}; "
-        f"found {', '.join(map(repr, names))}); name it with {flag}"
-    )
-
-
-def load_inter(
-    path: Path, user_col: str | None = None, item_col: str | None = None, time_col: str | None = None
-) -> Interactions:
-    """RecBole atomic file: tab-separated, header fields like `user_id:token`."""
-    lines = _open_lines(path)
-    try:
-        _, header = next(lines)
-    except StopIteration:
-        raise RecblrError(f"{path}: empty file; pass a RecBole .inter file") from None
-    names = [h.split(":", 1)[0].strip() for h in header.split("\t")]
-    if not any(":" in h for h in header.split("\t")):
-        raise RecblrError(
-            f"{path}: header {header[:80]!r} has no RecBole typed fields (e.g. user_id:token); "
-            "pass --format csv for a plain CSV/TSV"
-        )
-    ui = _find_column(names, [user_col] if user_col else ["user_id"], path, "user", "--user-col")
-    ii = _find_column(names, [item_col] if item_col else ["item_id"], path, "item", "--item-col")
-    ti = _find_column(names, [time_col] if time_col else ["timestamp"], path, "timestamp", "--time-col")
-    rows = ((n, line.split("\t")) for n, line in lines)
-    return _rows_to_interactions(rows, path, (ui, ii, ti), names[ti])
-
-
-def load_ml1m(path: Path) -> Interactions:
-    """MovieLens-1M `ratings.dat`: UserID::MovieID::Rating::Timestamp."""
-    rows = ((n, line.split("::")) for n, line in _open_lines(path))
-    return _rows_to_interactions(rows, path, (0, 1, 3), "Timestamp")
-
-
-def load_ml100k(path: Path) -> Interactions:
-    """MovieLens-100K `u.data`: user, item, rating, timestamp, tab-separated."""
-    rows = ((n, line.split("\t")) for n, line in _open_lines(path))
-    return _rows_to_interactions(rows, path, (0, 1, 3), "timestamp")
-
-
-def load_csv(
-    path: Path,
-    user_col: str | None = None,
-    item_col: str | None = None,
-    time_col: str | None = None,
-    sep: str | None = None,
-) -> Interactions:
-    """CSV/TSV with a header naming the user, item and timestamp columns."""
-    lines = _open_lines(path)  # checks existence and encoding, and finds the header
-    try:
-        _, header = next(lines)
-    except StopIteration:
-        raise RecblrError(f"{path}: empty file; pass a CSV/TSV with a header row") from None
-    lines.close()
-    if sep is None:
-        sep = "\t" if path.suffix.lower() == ".tsv" or "\t" in header else ","
-    with path.open("r", encoding="utf-8", newline="") as f:
-        # csv.reader on the file itself keeps quoted fields (newlines included) intact.
-        reader = csv.reader(f, delimiter=sep)
-        names = next(r for r in reader if r)
-        ui = _find_column(names, [user_col] if user_col else ["user_id", "user", "userId"], path, "user", "--user-col")
-        ii = _find_column(names, [item_col] if item_col else ["item_id", "item", "movieId", "itemId"], path, "item", "--item-col")
-        ti = _find_column(names, [time_col] if time_col else ["timestamp", "time", "ts"], path, "timestamp", "--time-col")
-        try:
-            rows = [(reader.line_num, r) for r in reader if r]
-        except csv.Error as e:
-            raise RecblrError(f"{path}:{reader.line_num}: malformed CSV ({e}); fix the quoting") from None
-    return _rows_to_interactions(iter(rows), path, (ui, ii, ti), names[ti])
-
-
-def detect_format(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".inter"):
-        return "inter"
-    if name.endswith(".dat"):
-        return "ml-1m"
-    if name == "u.data":
-        return "ml-100k"
-    if name.endswith((".csv", ".tsv", ".txt")):
-        return "csv"
-    raise RecblrError(
-        f"{path}: cannot tell the format from the name; pass --format one of {', '.join(FORMATS[1:])}"
-    )
-
-
-def load_interactions(
-    path: str | Path,
-    fmt: str = "auto",
-    user_col: str | None = None,
-    item_col: str | None = None,
-    time_col: str | None = None,
-) -> Interactions:
-    """Read any supported interactions file."""
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise RecblrError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if fmt == "auto":
-        if not path.exists():
-            raise RecblrError(f"{path}: no such file; check the path (or run `recblr data fetch`)")
-        fmt = detect_format(path)
-    if fmt == "inter":
-        return load_inter(path, user_col, item_col, time_col)
-    if fmt == "ml-1m":
-        return load_ml1m(path)
-    if fmt == "ml-100k":
-        return load_ml100k(path)
-    return load_csv(path, user_col, item_col, time_col)
-
-
-def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_count: int) -> np.ndarray:
-    """Rows kept by the iterative k-core filter (repeat until no user or item drops)."""
-    keep = np.ones(len(user_codes), dtype=bool)
-    if min_count <= 1:
-        return keep
-    while True:
-        u_cnt = np.bincount(user_codes[keep], minlength=user_codes.max() + 1)
-        i_cnt = np.bincount(item_codes[keep], minlength=item_codes.max() + 1)
-        new_keep = keep & (u_cnt[user_codes] >= min_count) & (i_cnt[item_codes] >= min_count)
-        if new_keep.sum() == keep.sum():
-            return new_keep
-        keep = new_keep
+_DROP = {"train": 2, "valid": 2, "test": 1}  # items cut from the end of each sequence
 
 
 @dataclass
 class SequenceData:
-    """Per-user chronological sequences of internal item indices (1..n_items)."""
+    """Per-user chronological sequences of internal item indices (1..n_items), as CSR.
+
+    User u's sequence is `items[offsets[u]:offsets[u + 1]]`.
+    """
 
     item_ids: list[str]  # item_ids[0] == PAD
     user_ids: list[str]
-    sequences: list[np.ndarray]
-    spec: dict  # how to load this data again (saved in checkpoints)
+    items: np.ndarray  # int64, all users' sequences one after another
+    offsets: np.ndarray  # int64, n_users + 1 entries
+    spec: dict = field(default_factory=dict)  # how to load this data again (saved in checkpoints)
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids) - 1
 
     @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
     def n_interactions(self) -> int:
-        return int(sum(len(s) for s in self.sequences))
+        return int(self.offsets[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sequence length of every user."""
+        return np.diff(self.offsets)
+
+    def bounds(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) into `items` of each user's `train`, `valid` or `test` history."""
+        if split not in _DROP:
+            raise ValueError(f"unknown split {split!r}")
+        return self.offsets[:-1], self.offsets[1:] - _DROP[split]
+
+    def targets(self, split: str) -> np.ndarray:
+        """The leave-one-out target of each user for `valid` or `test`."""
+        if split not in ("valid", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        return self.items[self.bounds(split)[1]]
+
+    @cached_property
+    def sequences(self) -> list[np.ndarray]:
+        """Each user's whole sequence (views into `items`)."""
+        return np.split(self.items, self.offsets[1:-1])
+
+    def _views(self, split: str) -> list[np.ndarray]:
+        return [s[: len(s) - _DROP[split]] for s in self.sequences]
 
     def split_histories(self, split: str) -> tuple[list[np.ndarray], np.ndarray]:
         """(histories, targets) of the leave-one-out `valid` or `test` split."""
-        if split == "valid":
-            return [s[:-2] for s in self.sequences], np.array([s[-2] for s in self.sequences])
-        if split == "test":
-            return [s[:-1] for s in self.sequences], np.array([s[-1] for s in self.sequences])
-        raise ValueError(f"unknown split {split!r}")
+        return self._views(split), self.targets(split)
 
     def train_sequences(self) -> list[np.ndarray]:
         """The training part of each user: everything before the validation target."""
-        return [s[:-2] for s in self.sequences]
+        return self._views("train")
 
 
-def build_sequences(inter: Interactions, min_count: int = 5, spec: dict | None = None) -> SequenceData:
-    """Apply the protocol: stable time sort per user, k-core, id mapping."""
+def kcore_rows(user_codes: np.ndarray, item_codes: np.ndarray, min_count: int) -> np.ndarray:
+    """Indices (ascending) of the rows kept by the iterative k-core filter: drop users and
+    items with fewer than `min_count` rows, repeat until none drops. Shrinks as it goes."""
+    rows = np.arange(len(user_codes), dtype=np.int64)
+    if min_count <= 1 or len(rows) == 0:
+        return rows
+    u, i = user_codes, item_codes
+    n_u, n_i = int(u.max()) + 1, int(i.max()) + 1
+    while len(rows):
+        ok = (np.bincount(u, minlength=n_u) >= min_count)[u]
+        ok &= (np.bincount(i, minlength=n_i) >= min_count)[i]
+        if ok.all():
+            break
+        rows, u, i = rows[ok], u[ok], i[ok]
+    return rows
+
+
+def first_appearance(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, order): rank[r] is row r's code renumbered 0.. by first appearance, and
+    order[k] the code that appeared k-th (one hash pass, no sort)."""
+    enc = pc.dictionary_encode(pa.array(codes))
+    return enc.indices.to_numpy(), enc.dictionary.to_numpy()
+
+
+def user_time_order(user: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Row order by (user, time, row): a stable sort of the rows by user, then time.
+
+    Same order as `np.lexsort((time, user))`, faster: rows already in time order (most logs)
+    skip the time sort, and the user sort runs on one int64 key (user << 32 | position),
+    which is unique, so an unstable sort is exact."""
+    n = len(user)
+    if n >= 2**32 or (len(user) and int(user.max()) >= 2**31):
+        return np.lexsort((time, user))
+    by_time = None if bool(np.all(time[1:] >= time[:-1])) else np.argsort(time, kind="stable")
+    key = np.arange(n, dtype=np.int64)
+    for s in range(0, n, 1 << 24):  # in slices: no full-size temporaries
+        u = user[s : s + (1 << 24)] if by_time is None else user[by_time[s : s + (1 << 24)]]
+        key[s : s + (1 << 24)] |= u.astype(np.int64) << 32
+    key.sort()
+    key &= 0xFFFFFFFF
+    return key if by_time is None else by_time[key]
+
+
+def build_sequences(
+    inter: Interactions, min_count: int = 5, spec: dict | None = None, steps: Steps | None = None
+) -> SequenceData:
+    """Apply the protocol: k-core, first-appearance ids, stable (user, time) sort."""
     if min_count < 3:
         raise RecblrError(f"--min-count {min_count} is too small: leave-one-out needs at least 3 items per user")
-    u_ids, u_codes = np.unique(np.asarray(inter.users, dtype=object), return_inverse=True)
-    i_ids, i_codes = np.unique(np.asarray(inter.items, dtype=object), return_inverse=True)
-    keep = kcore_mask(u_codes, i_codes, min_count)
-    if not keep.any():
+    steps = steps or Steps(show=False)
+    steps.start(f"{min_count}-core filter")
+    rows = kcore_rows(inter.user_codes, inter.item_codes, min_count)
+    if len(rows) == 0:
         raise RecblrError(
             f"{inter.source}: no interactions left after the {min_count}-core filter "
             f"({len(inter)} rows in, every user or item has fewer than {min_count}); "
             "lower --min-count or use more data"
         )
-    rows = np.flatnonzero(keep)
-    # Stable: np.lexsort is stable, so equal (user, timestamp) keep file order.
-    order = rows[np.lexsort((inter.timestamps[rows], u_codes[rows]))]
-    # Internal ids in order of first appearance in the filtered file.
-    first_items = i_codes[rows]
-    _, first_pos = np.unique(first_items, return_index=True)
-    item_codes_in_order = first_items[np.sort(first_pos)]
-    item_index = np.zeros(len(i_ids), dtype=np.int64)
-    item_index[item_codes_in_order] = np.arange(1, len(item_codes_in_order) + 1)
-    item_ids = [PAD] + [str(i_ids[c]) for c in item_codes_in_order]
-
-    users_sorted = u_codes[order]
-    items_sorted = item_index[i_codes[order]]
-    bounds = np.flatnonzero(np.diff(users_sorted)) + 1
-    starts = np.concatenate([[0], bounds])
-    # Users in order of first appearance in the filtered file.
-    first_users = u_codes[rows]
-    _, up = np.unique(first_users, return_index=True)
-    user_order = first_users[np.sort(up)]
-    groups = {int(users_sorted[s]): (s, e) for s, e in zip(starts, np.append(bounds, len(order)), strict=True)}
-    sequences = [items_sorted[groups[int(u)][0] : groups[int(u)][1]].copy() for u in user_order]
-    user_ids = [str(u_ids[u]) for u in user_order]
-    return SequenceData(item_ids, user_ids, sequences, spec or {})
+    steps.start("numbering users and items")
+    item_rank, item_order = first_appearance(inter.item_codes[rows])
+    user_rank, user_order = first_appearance(inter.user_codes[rows])
+    steps.start("sorting by user and time")
+    order = user_time_order(user_rank, inter.timestamps[rows])
+    del rows
+    items = np.add(item_rank[order], 1, dtype=np.int64)
+    del order, item_rank
+    offsets = np.zeros(len(user_order) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user_rank, minlength=len(user_order)), out=offsets[1:])
+    steps.start("collecting ids")
+    item_ids = [PAD] + inter.item_vocab.take(pa.array(item_order)).to_pylist()
+    user_ids = inter.user_vocab.take(pa.array(user_order)).to_pylist()
+    return SequenceData(item_ids, user_ids, items, offsets, spec or {})
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, steps: Steps | None = None) -> str:
+    """Checksum of a file, or of a Parquet directory's files (names and contents)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if steps is not None:
+        steps.start(f"checksum of {path.name}", total=sum(f.stat().st_size for f in files))
+    for f in files:
+        if f != path:
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                h.update(block)
+                if steps is not None:
+                    steps.advance(len(block))
     return h.hexdigest()
 
 
 def resolve_data(data: str) -> Path:
-    """A known dataset name (fetched and cached on first use) or a path."""
+    """A known dataset name (fetched and cached on first use) or a path (a Parquet directory too)."""
     from recblr.datasets import KNOWN, fetch
 
     if data in KNOWN:
         return fetch(data)
     path = Path(data)
     if path.is_dir():
+        if any(path.rglob("*.parquet")):
+            return path
         found = sorted(path.glob("*.inter")) + [p for p in (path / "ratings.dat", path / "u.data") if p.exists()]
         if len(found) != 1:
             raise RecblrError(
@@ -310,6 +202,12 @@ def resolve_data(data: str) -> Path:
     return path
 
 
+def _build(path: Path, spec: dict, steps: Steps) -> SequenceData:
+    user_col, item_col, time_col = spec.get("columns") or [None, None, None]
+    inter = read_interactions(path, spec.get("format", "auto"), user_col, item_col, time_col, steps)
+    return build_sequences(inter, int(spec.get("min_count", 5)), spec, steps)
+
+
 def load_dataset(
     data: str,
     fmt: str = "auto",
@@ -317,28 +215,34 @@ def load_dataset(
     user_col: str | None = None,
     item_col: str | None = None,
     time_col: str | None = None,
+    show_progress: bool | None = None,
 ) -> SequenceData:
-    """Name or path -> SequenceData, with a spec that lets a checkpoint find it again."""
+    """Name or path -> SequenceData, with a spec that lets a checkpoint find it again.
+
+    Progress is shown on stderr when it is a terminal (`show_progress` overrides)."""
+    if min_count < 3:
+        raise RecblrError(f"--min-count {min_count} is too small: leave-one-out needs at least 3 items per user")
     path = resolve_data(data)
-    inter = load_interactions(path, fmt, user_col, item_col, time_col)
-    spec = {
-        "source": data,
-        "path": str(path.resolve()),
-        "format": fmt,
-        "min_count": min_count,
-        "columns": [user_col, item_col, time_col],
-        "sha256": file_sha256(path),
-    }
-    return build_sequences(inter, min_count, spec)
+    with Steps(show_progress) as steps:
+        spec = {
+            "source": data,
+            "path": str(path.resolve()),
+            "format": fmt,
+            "min_count": min_count,
+            "columns": [user_col, item_col, time_col],
+            "sha256": file_sha256(path, steps),
+        }
+        return _build(path, spec, steps)
 
 
-def dataset_from_spec(spec: dict) -> SequenceData | None:
+def dataset_from_spec(spec: dict, show_progress: bool | None = None) -> SequenceData | None:
     """Reload a checkpoint's data if the same file is still at hand, else None."""
     if not spec or "path" not in spec:
         return None
     path = Path(spec["path"])
-    if not path.is_file() or file_sha256(path) != spec.get("sha256"):
+    if not path.exists():
         return None
-    user_col, item_col, time_col = spec.get("columns") or [None, None, None]
-    inter = load_interactions(path, spec.get("format", "auto"), user_col, item_col, time_col)
-    return build_sequences(inter, int(spec.get("min_count", 5)), spec)
+    with Steps(show_progress) as steps:
+        if file_sha256(path, steps) != spec.get("sha256"):
+            return None
+        return _build(path, spec, steps)

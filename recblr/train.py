@@ -258,7 +258,7 @@ def train(
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
     loss_fn = partial(next_item_loss, model, loss=cfg.loss, rng=gen)
     train_seqs = data.train_sequences()
-    n_users = len(data.sequences)
+    n_users = data.n_users
 
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
     t_train = 0.0

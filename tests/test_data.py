@@ -1,11 +1,14 @@
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datafiles import write_inter
 
-from recblr.data import build_sequences, kcore_mask, load_dataset, load_interactions
+from recblr.data import build_sequences, kcore_rows, load_dataset
 from recblr.errors import RecblrError
+from recblr.readers import Interactions, read_interactions
 
 
 def test_split_ties_kcore_and_exactly_five(tmp_path: Path):
@@ -35,14 +38,29 @@ def test_split_ties_kcore_and_exactly_five(tmp_path: Path):
     assert "z" not in d.item_ids and d.item_ids[0] == "[PAD]"
 
 
+def test_csr_accessors_agree_with_the_lists(small_inter: Path):
+    d = load_dataset(str(small_inter))
+    assert d.offsets[0] == 0 and d.offsets[-1] == len(d.items) == d.n_interactions
+    assert d.n_users == len(d.user_ids) == len(d.sequences)
+    assert list(d.lengths) == [len(s) for s in d.sequences]
+    for split, views in [("train", d.train_sequences()), ("valid", d.split_histories("valid")[0]),
+                         ("test", d.split_histories("test")[0])]:
+        starts, ends = d.bounds(split)
+        assert all(np.array_equal(d.items[s:e], v) for s, e, v in zip(starts, ends, views, strict=True))
+    assert np.array_equal(d.targets("test"), [s[-1] for s in d.sequences])
+    assert np.array_equal(d.targets("valid"), [s[-2] for s in d.sequences])
+
+
 def test_kcore_iterates_until_stable():
-    # item 2 has 2 users; dropping it makes user 1 too short, which then drops item 1 below k.
-    users = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    items = np.array([0, 1, 2, 1, 2, 0, 0, 1, 0])
-    keep = kcore_mask(users, items, 3)
-    assert keep.sum() == 0 or (np.bincount(users[keep]).max() >= 3)
-    keep2 = kcore_mask(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), 2)
-    assert keep2.all()
+    # item 2 has 2 users; dropping it makes users 0 and 1 too short, which then drops item 1.
+    users = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    items = np.array([0, 1, 2, 0, 1, 2, 0, 1, 0, 0, 1, 0])
+    rows = kcore_rows(users, items, 3)
+    # round 1 drops item 2 (2 rows); users 0, 1 fall to 2 rows and drop; item 1 then has 2.
+    assert rows.tolist() == [6, 8, 9, 11] or rows.size == 0
+    u, i = users[rows], items[rows]
+    assert rows.size == 0 or (np.bincount(u)[np.unique(u)].min() >= 3 and np.bincount(i)[np.unique(i)].min() >= 3)
+    assert kcore_rows(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), 2).tolist() == [0, 1, 2, 3]
 
 
 def test_loaders_each_format(tmp_path: Path):
@@ -51,16 +69,42 @@ def test_loaders_each_format(tmp_path: Path):
     (tmp_path / "x.csv").write_text('user,movieId,rating,timestamp\n1,"10",5,7\n2,20,3,8\n')
     (tmp_path / "x.tsv").write_text("uid\tiid\tts\n1\t10\t7\n")
     write_inter(tmp_path / "x.inter", [("1", "10", 5.0), ("2", "20", 6.0)])
-    r = load_interactions(tmp_path / "ratings.dat")
-    assert r.users == ["1", "1", "2"] and r.items == ["10", "20", "10"] and r.timestamps[2] == 978300762
-    r = load_interactions(tmp_path / "u.data")
-    assert r.items == ["10", "20"] and r.timestamps[1] == 881250950
-    r = load_interactions(tmp_path / "x.csv")
-    assert r.users == ["1", "2"] and r.items == ["10", "20"]
-    r = load_interactions(tmp_path / "x.tsv", user_col="uid", item_col="iid", time_col="ts")
-    assert r.users == ["1"] and r.items == ["10"] and r.timestamps[0] == 7
-    r = load_interactions(tmp_path / "x.inter")
-    assert r.users == ["1", "2"] and list(r.timestamps) == [5.0, 6.0]
+    r = read_interactions(tmp_path / "ratings.dat")
+    assert r.users() == ["1", "1", "2"] and r.items() == ["10", "20", "10"] and r.timestamps[2] == 978300762
+    r = read_interactions(tmp_path / "u.data")
+    assert r.items() == ["10", "20"] and r.timestamps[1] == 881250950
+    r = read_interactions(tmp_path / "x.csv")
+    assert r.users() == ["1", "2"] and r.items() == ["10", "20"]
+    r = read_interactions(tmp_path / "x.tsv", user_col="uid", item_col="iid", time_col="ts")
+    assert r.users() == ["1"] and r.items() == ["10"] and r.timestamps[0] == 7
+    r = read_interactions(tmp_path / "x.inter")
+    assert r.users() == ["1", "2"] and list(r.timestamps) == [5.0, 6.0]
+
+
+def test_parquet_file_and_directory_with_typed_columns(tmp_path: Path):
+    n = 60
+    users = np.repeat(np.arange(100, 112), 5)  # integer ids
+    items = np.array([f"sku-{k % 6}" for k in range(n)])
+    ts = pa.array(np.arange(n)[::-1] * 1_000_000_000, pa.timestamp("ns"))
+    table = pa.table({"customer": users, "sku": items, "ts": ts, "price": np.ones(n)})
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=17)
+    (tmp_path / "dir").mkdir()
+    pq.write_table(table.slice(0, 25), tmp_path / "dir" / "part-0.parquet")
+    pq.write_table(table.slice(25), tmp_path / "dir" / "part-1.parquet")
+    (tmp_path / "dir" / "_SUCCESS").write_text("")
+    cols = dict(user_col="customer", item_col="sku", time_col="ts")
+    a = load_dataset(str(tmp_path / "one.parquet"), **cols)
+    b = load_dataset(str(tmp_path / "dir"), **cols)
+    assert a.user_ids == b.user_ids == [str(u) for u in range(100, 112)]
+    assert np.array_equal(a.items, b.items) and np.array_equal(a.offsets, b.offsets)
+    # times run backwards, so each user's sequence is its rows in reverse
+    assert [a.item_ids[i] for i in a.sequences[0]] == [f"sku-{k}" for k in (4, 3, 2, 1, 0)]
+
+
+def test_iso_timestamps_in_csv(tmp_path: Path):
+    (tmp_path / "t.csv").write_text("user,item,time\nu,b,2024-01-02 10:00:00\nu,a,2024-01-01T09:00:00\n")
+    r = read_interactions(tmp_path / "t.csv")
+    assert r.timestamps[1] < r.timestamps[0]
 
 
 @pytest.mark.parametrize(
@@ -68,10 +112,14 @@ def test_loaders_each_format(tmp_path: Path):
     [
         ("missing.inter", None, "auto", "no such file"),
         ("bad.inter", "user_id:token\tmovie:token\ttimestamp:float\n1\t2\t3\n", "auto", "no item column"),
-        ("bad.csv", "user,item,timestamp\n1,2,yesterday\n", "auto", "is not a number"),
-        ("short.dat", "1::2\n", "auto", "expected at least 4 fields"),
+        ("bad.csv", "user,item,timestamp\n1,2,yesterday\n1,3,5\n1,4,x\n", "auto",
+         r"timestamp column 'timestamp' is not a number in 2 of 3 rows \(first: 'yesterday'\)"),
+        ("nan.csv", "user,item,timestamp\n1,2,NaN\n1,3,5\n", "auto", r"'timestamp' is NaN in 1 of 2 rows"),
+        ("null.csv", "user,item,timestamp\n1,,4\n1,3,5\n2,,6\n", "auto", r"column 'item' is empty or null in 2 of 3"),
+        ("short.dat", "1::2\n", "auto", "malformed file"),
         ("empty.inter", "", "auto", "empty file"),
         ("x.bin", "1\t2\t3\n", "auto", "cannot tell the format"),
+        ("x.parquet", "not parquet", "auto", "cannot read as Parquet"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path: Path, name, content, fmt, message):
@@ -79,17 +127,27 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, name, content, fmt, messag
     if content is not None:
         path.write_text(content)
     with pytest.raises(RecblrError, match=message) as e:
-        load_interactions(path, fmt)
+        read_interactions(path, fmt)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
-def test_csv_quoted_newline_and_bad_quoting(tmp_path: Path):
-    (tmp_path / "q.csv").write_text('user,item,timestamp\n1,"multi\nline",5\n2,b,6\n')
-    r = load_interactions(tmp_path / "q.csv")
-    assert r.items == ["multi\nline", "b"] and list(r.timestamps) == [5.0, 6.0]
-    (tmp_path / "bad.csv").write_text('user,item,timestamp\n1,2,x\n')
-    with pytest.raises(RecblrError, match=r"bad.csv:2: timestamp 'x'"):
-        load_interactions(tmp_path / "bad.csv")
+def test_parquet_nulls_types_and_missing_column(tmp_path: Path):
+    base = {"user_id": ["a", "b", None, None], "item_id": ["x", "y", "z", "w"], "timestamp": [1, 2, 3, 4]}
+    pq.write_table(pa.table(base), tmp_path / "nulls.parquet")
+    with pytest.raises(RecblrError, match=r"column 'user_id' is empty or null in 2 of 4 rows"):
+        read_interactions(tmp_path / "nulls.parquet")
+    pq.write_table(pa.table({**base, "user_id": [1.5, 2.0, 3.0, 4.0]}), tmp_path / "float.parquet")
+    with pytest.raises(RecblrError, match=r"column 'user_id' has type double; ids must be strings or integers"):
+        read_interactions(tmp_path / "float.parquet")
+    with pytest.raises(RecblrError, match=r"no timestamp column .*name it with --time-col"):
+        read_interactions(tmp_path / "nulls.parquet", time_col="when")
+
+
+def test_csv_quoted_newline_and_spaces(tmp_path: Path):
+    (tmp_path / "q.csv").write_text('user,item,timestamp\n1,"multi\nline",5\n2, b ,6\n3,b,7\n')
+    r = read_interactions(tmp_path / "q.csv")
+    assert r.items() == ["multi\nline", "b", "b"] and list(r.timestamps) == [5.0, 6.0, 7.0]
+    assert len(r.item_vocab) == 2  # " b " and "b" are one item, as ids are stripped
 
 
 def test_empty_after_filtering(tmp_path: Path):
@@ -98,10 +156,8 @@ def test_empty_after_filtering(tmp_path: Path):
         load_dataset(str(path))
 
 
-def test_build_sequences_ids_are_strings(tmp_path: Path):
-    from recblr.data import Interactions
-
-    inter = Interactions(["7"] * 5 + ["8"] * 5 + ["9"] * 5, ["1", "2", "3", "4", "5"] * 3, np.arange(15.0), "mem")
+def test_build_sequences_ids_are_strings():
+    inter = Interactions.from_lists(["7"] * 5 + ["8"] * 5 + ["9"] * 5, ["1", "2", "3", "4", "5"] * 3, np.arange(15.0))
     d = build_sequences(inter, min_count=3)
     assert all(isinstance(i, str) for i in d.item_ids) and d.user_ids == ["7", "8", "9"]
     assert d.n_items == 5 and d.n_interactions == 15
@@ -110,3 +166,47 @@ def test_build_sequences_ids_are_strings(tmp_path: Path):
 def test_ml100k_real(ml100k: Path):
     d = load_dataset(str(ml100k))
     assert (len(d.user_ids), d.n_items, d.n_interactions) == (943, 1349, 99287)
+
+
+def test_cli_data_info_on_parquet_with_named_columns(tmp_path: Path):
+    import subprocess
+    import sys
+
+    n = 40
+    pq.write_table(pa.table({"customer_id": np.repeat(np.arange(8), 5), "sku": [f"s{k % 5}" for k in range(n)],
+                             "ts": np.arange(n)}), tmp_path / "events.parquet")
+    args = [sys.executable, "-m", "recblr", "data", "info", str(tmp_path / "events.parquet"),
+            "--user-col", "customer_id", "--item-col", "sku", "--time-col", "ts"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "8 │     5 │           40" in r.stdout
+    assert r.stderr == ""  # no progress bars when stderr is not a terminal
+    r = subprocess.run(args[:-1] + ["when"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no timestamp column" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("time_sorted", [True, False])
+def test_user_time_order_is_lexsort(time_sorted: bool):
+    from recblr.data import user_time_order
+
+    rng = np.random.default_rng(3)
+    user = rng.integers(0, 50, 5000)
+    time = rng.integers(0, 30, 5000).astype(np.float64)  # many ties
+    if time_sorted:
+        time.sort()
+    assert np.array_equal(user_time_order(user, time), np.lexsort((time, user)))
+
+
+def test_dataset_from_spec_finds_the_same_parquet_directory(tmp_path: Path):
+    from recblr.data import dataset_from_spec
+
+    n = 30
+    table = pa.table({"user_id": np.repeat(np.arange(6), 5), "item_id": [f"s{k % 5}" for k in range(n)],
+                      "timestamp": np.arange(n)})
+    (tmp_path / "d").mkdir()
+    pq.write_table(table, tmp_path / "d" / "a.parquet")
+    d = load_dataset(str(tmp_path / "d"))
+    again = dataset_from_spec(d.spec)
+    assert again is not None and again.item_ids == d.item_ids and np.array_equal(again.items, d.items)
+    pq.write_table(table.slice(0, 5), tmp_path / "d" / "b.parquet")  # the directory changed
+    assert dataset_from_spec(d.spec) is None
