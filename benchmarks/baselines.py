@@ -415,6 +415,44 @@ def plot(runs: dict, costs: dict | None, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def markdown(summary: dict, train_cost: dict | None, costs: dict | None) -> str:
+    """The accuracy and cost tables as Markdown, for the docs and the README."""
+    lines = ["| model | eval | seeds | test HR@10 | test NDCG@10 | NDCG@10 - RecBLR (paired) | s/epoch | epochs (best) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    pv = summary["paired_vs_recblr"]
+    for name, row in summary["models"].items():
+        for mode in MODES[name]:
+            m = row[f"test_{mode}"]
+            d = pv.get(f"{name}_{mode}_minus_recblr_{mode}") or pv.get(f"{name}_{mode}_minus_recblr_window")
+            diff = "—" if name == "recblr" else f"{d['diff']:+.4f} ± {d['se']:.4f} ({d['z']:+.1f} SE)"
+            lines.append(
+                f"| {name} | {mode} | {len(row['seeds'])} | {m['hr@10']['mean']:.4f} ± {m['hr@10']['se']:.4f} "
+                f"| {m['ndcg@10']['mean']:.4f} ± {m['ndcg@10']['se']:.4f} | {diff} | {row['seconds_per_epoch']:.1f} "
+                f"| {', '.join(f'{e} ({b})' for e, b in zip(row['epochs'], row['best_epoch'], strict=True))} |"
+            )
+    if "recblr_stream_minus_window_test" in summary:
+        p = summary["recblr_stream_minus_window_test"]
+        lines += ["", f"RecBLR stream - window, test NDCG@10, paired over users: {p['diff']:+.4f} ± {p['se']:.4f} "
+                      f"({100 * p['relative']:+.2f}%, {p['z']:+.1f} SE): "
+                      f"{'within' if p['passes_within_2se'] else 'NOT within'} two standard errors."]  # fmt: skip
+    if train_cost:
+        lines += ["", "| model | s/epoch (2 epochs, fresh process) | peak training memory (MB) |", "|---|---|---|"]
+        for name, row in train_cost.items():
+            secs = ", ".join(f"{s:.1f}" for s in row["epoch_seconds"])
+            lines.append(f"| {name} | {secs} | {row['peak_train_bytes'] / 2**20:.0f} |")
+    if costs:
+        rows = costs["by_batch"]
+        lines += ["", "| ms per new event | batch | " + " | ".join(f"history {L}" for L in HISTORY) + " |",
+                  "|---|---|" + "---|" * len(HISTORY)]  # fmt: skip
+        for b, by_key in rows.items():
+            for key, v in by_key.items():
+                if isinstance(v, dict):
+                    cells = " | ".join("—" if v[str(L)] is None else f"{v[str(L)]:.3f}" for L in HISTORY)
+                    lines.append(f"| {key} | {b} | {cells} |")
+            lines.append(f"| score_catalog | {b} | {by_key['score_catalog']:.3f} (any history) | | |")
+    return "\n".join(lines)
+
+
 def cmd_report(args) -> None:
     runs = load_runs()
     cost_path = RESULTS / "baselines_event_cost.json"
@@ -428,6 +466,7 @@ def cmd_report(args) -> None:
                "event_cost_ms_batch1": costs["by_batch"].get("1") if costs else None}  # fmt: skip
     print(write_result(args.name, payload))
     plot(runs, costs, RESULTS / f"{args.name}.png")
+    print(markdown(summary, payload["train_cost"], costs))
     for name, row in summary["models"].items():
         for key in (k for k in row if k.startswith("test_")):
             m = row[key]
