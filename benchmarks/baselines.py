@@ -235,11 +235,18 @@ def cmd_train_cost(args) -> None:
                              check=True, capture_output=True, text=True).stdout  # fmt: skip
         rows[name] = json.loads(out.strip().splitlines()[-1])
         print(rows[name], flush=True)
-    payload = {**provenance(), "device": args.device, "threads": args.threads,
+    payload = {**provenance(), "device": args.device, "threads": args.threads, "env": allocator_env(),
                "memory": "peak RSS growth of a fresh process over its training epochs (CPU) or "
                          "torch.cuda.max_memory_allocated above the model (CUDA)",
                "models": rows}  # fmt: skip
     print(write_result(args.name, payload))
+
+
+def allocator_env() -> dict:
+    """glibc settings that change the cost of fresh tensors above ~128 KB (see benchmarks/scan.py)."""
+    import os
+
+    return {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
 
 
 def timed(fn, min_reps: int = 5, budget_s: float = 1.0) -> float:
@@ -311,7 +318,7 @@ def cmd_event_cost(args) -> None:
         print(f"batch {b}")
         for key, v in rows.items():
             print(f"  {key:22s} {v}")
-    payload = {**provenance(), "n_items": data.n_items, "threads": args.threads,
+    payload = {**provenance(), "n_items": data.n_items, "threads": args.threads, "env": allocator_env(),
                "unit": "milliseconds per new event (median), PyTorch eager, no grad",
                "history_lengths": list(HISTORY), "by_batch": results}  # fmt: skip
     print(write_result(args.name, payload))
