@@ -393,7 +393,7 @@ def plot(runs: dict, costs: dict | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"recblr": "tab:blue", "sasrec": "tab:orange", "gru4rec": "tab:green"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     ax = axes[0]
     for name, by_seed in runs.items():
         for i, r in enumerate(by_seed.values()):
@@ -404,19 +404,24 @@ def plot(runs: dict, costs: dict | None, path: Path) -> None:
     ax.set_ylabel("validation NDCG@10")
     ax.set_title("ML-100K training curves (one line per seed)")
     ax.legend()
-    ax = axes[1]
-    if costs is not None:
-        rows = costs["by_batch"]["1"]
-        for key, style in (("recblr_step", "o-"), ("gru4rec_step", "s-"), ("sasrec_reencode", "^-"),
-                           ("sasrec_kv_cache", "v--"), ("sasrec_1024_reencode", "^:"),
-                           ("sasrec_1024_kv_cache", "v:")):  # fmt: skip
+    labels = {"recblr_step": ("RecBLR cell step", "o-"), "gru4rec_step": ("GRU4Rec step", "s-"),
+              "sasrec_reencode": ("SASRec re-encode (last 200)", "^-"),
+              "sasrec_kv_cache": ("SASRec KV cache (200 pos.)", "v--"),
+              "sasrec_1024_reencode": ("SASRec-1024 re-encode", "^:"),
+              "sasrec_1024_kv_cache": ("SASRec-1024 KV cache", "v:")}  # fmt: skip
+    for ax, batch in zip(axes[1:], ("1", "256"), strict=True):
+        if costs is None or batch not in costs["by_batch"]:
+            ax.set_visible(False)
+            continue
+        rows = costs["by_batch"][batch]
+        for key, (label, style) in labels.items():
             pts = [(int(L), v) for L, v in rows[key].items() if v is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=key)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("history length (events)")
-        ax.set_ylabel("ms per new event (batch 1, CPU eager)")
-        ax.set_title("cost of one new event")
+        ax.set_ylabel("ms per new event (CPU, PyTorch eager, 1 thread)")
+        ax.set_title(f"cost of one new event, batch {batch}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
