@@ -17,7 +17,9 @@ import hashlib
 import os
 import random
 import re
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,7 @@ def content_digest(payload: Any) -> str:
         if isinstance(x, torch.Tensor):
             t = x.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(x, dict):
             h.update(f"D{len(x)}".encode())
             for k in sorted(x, key=str):
@@ -222,3 +224,34 @@ def settings_differences(saved: dict, given: dict) -> list[str]:
         if saved[name] != value:
             out.append(f"{name}: checkpoint {saved[name]!r}, now {value!r}")
     return out
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the loop to stop after the current step (it then writes a resumable
+    checkpoint); a second SIGINT stops at once, for a user who does not want to wait.
+
+    Installed only in the main thread (signal handlers can live nowhere else); old handlers
+    come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
