@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +59,7 @@ def run_variant(name: str, steps: int) -> dict:
     from recblr.config import ModelConfig, TrainConfig
     from recblr.data import load_dataset
     from recblr.model import RecBLR
-    from recblr.train import epoch_batches, next_item_loss
+    from recblr.train import epoch_batches, next_item_loss, train_epoch
 
     if scan == "loop":
         recblr.model.bd_lru = loop_bd_lru
@@ -67,19 +68,14 @@ def run_variant(name: str, steps: int) -> dict:
     model = RecBLR(ModelConfig(n_items=data.n_items))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     cfg = TrainConfig(example_mode=mode)
-    batches = epoch_batches(model, data.train_sequences(), cfg, np.random.default_rng(0), torch.device("cpu"))
+    batches = epoch_batches(data.train_sequences(), cfg, np.random.default_rng(0))
+    cpu = torch.device("cpu")
+    loss_fn = partial(next_item_loss, model, loss="ce", rng=None)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pairs, seconds = 0, 0.0
-    for i, run in enumerate(batches[: steps + 1]):
-        t0 = time.perf_counter()
-        h, tgts, n = run()
-        loss = next_item_loss(model, h, tgts, "ce", None)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i > 0:  # the first step warms up allocators and caches
-            seconds += time.perf_counter() - t0
-            pairs += n
+    train_epoch(model, opt, batches[:1], loss_fn, cpu)  # the first step warms up allocators and caches
+    t0 = time.perf_counter()
+    _, pairs = train_epoch(model, opt, batches[1 : steps + 1], loss_fn, cpu)
+    seconds = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds,
             "peak_rss_mib": rss1 / 1024, "train_rss_growth_mib": (rss1 - rss0) / 1024}

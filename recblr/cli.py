@@ -143,18 +143,6 @@ def train(
     metrics_json: Annotated[Path | None, typer.Option(help="Also write the final metrics here as JSON.")] = None,
 ) -> None:
     """Train RecBLR; the best-validation checkpoint is written to --out."""
-    for flag, value, ok, want in [
-        ("--dim", dim, dim >= 1, ">= 1"), ("--layers", layers, layers >= 1, ">= 1"),
-        ("--expand", expand, expand >= 1, ">= 1"), ("--conv-width", conv_width, conv_width >= 1, ">= 1"),
-        ("--dropout", dropout, 0 <= dropout < 1, "in [0, 1)"), ("--max-len", max_len, max_len >= 1, ">= 1"),
-        ("--train-window", train_window, train_window is None or train_window >= 1, ">= 1"),
-        ("--batch-size", batch_size, batch_size >= 1, ">= 1"), ("--lr", lr, lr > 0, "> 0"),
-        ("--lambda-lr-scale", lambda_lr_scale, lambda_lr_scale > 0, "> 0"),
-        ("--epochs", epochs, epochs >= 1, ">= 1"), ("--patience", patience, patience >= 1, ">= 1"),
-        ("--min-count", min_count, min_count >= 3, ">= 3 (leave-one-out needs 3 items per user)"),
-    ]:
-        if not ok:
-            raise RecblrError(f"{flag} {value}: must be {want}")
     _check_writable(out, "--out")
     if metrics_json is not None:
         _check_writable(metrics_json, "--metrics-json")
@@ -164,16 +152,16 @@ def train(
     from recblr.data import load_dataset
     from recblr.train import train as run_training
 
-    console = Console(stderr=True)
-    d = load_dataset(data, fmt, min_count, user_col, item_col, time_col)
-    console.print(f"{data}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions", highlight=False)
-    model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
-                            conv_width=conv_width, dropout=dropout)
     cfg = TrainConfig(max_len=max_len, train_window=train_window,
                       window_offsets=window_offsets.value, batch_size=batch_size, lr=lr,
                       lambda_lr_scale=lambda_lr_scale, epochs=epochs, patience=patience,
                       loss=loss.value, example_mode=example_mode.value, select_mode=select_mode.value,
                       seed=seed, device=device)
+    console = Console(stderr=True)
+    d = load_dataset(data, fmt, min_count, user_col, item_col, time_col)
+    model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
+                            conv_width=conv_width, dropout=dropout)
+    console.print(f"{data}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions", highlight=False)
     result = run_training(d, model_cfg, cfg, out, console)
     summary = {k: v for k, v in result.metrics.items() if k != "history"}
     console.print(f"saved {out} (best epoch {summary['best_epoch']})", highlight=False)

@@ -1,8 +1,23 @@
-"""Configuration dataclasses; both are saved inside every checkpoint."""
+"""Configuration dataclasses; both are saved inside every checkpoint.
+
+Each checks its own settings when built (`__post_init__`), so a bad value fails the same way
+from the CLI, a script or a saved checkpoint: one `RecblrError` naming the setting.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+
+from recblr.errors import RecblrError
+
+
+def _require(ok: bool, name: str, value: object, want: str) -> None:
+    if not ok:
+        raise RecblrError(f"{name} {value!r}: must be {want}")
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, name, value, "one of " + ", ".join(choices))
 
 
 @dataclass
@@ -16,6 +31,13 @@ class ModelConfig:
     conv_width: int = 4
     dropout: float = 0.2
     ln_eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        for name in ("n_items", "dim", "n_layers", "expand", "conv_width"):
+            value = getattr(self, name)
+            _require(value >= 1, name, value, ">= 1")
+        _require(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        _require(self.ln_eps > 0, "ln_eps", self.ln_eps, "> 0")
 
     @property
     def inner_dim(self) -> int:
@@ -42,6 +64,12 @@ class ModelConfig:
         return cls(**d)
 
 
+LOSSES = ("ce", "bpr")
+EXAMPLE_MODES = ("sequence", "prefix")
+SELECT_MODES = ("stream", "window")
+WINDOW_OFFSETS = ("fixed", "random")
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained (the paper's defaults where it gives them)."""
@@ -60,6 +88,23 @@ class TrainConfig:
     eval_batch_size: int = 4096
     seed: int = 2024
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("max_len", "batch_size", "epochs", "patience", "eval_batch_size"):
+            _require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+        if self.train_window is not None:
+            _require(self.train_window >= 1, "train_window", self.train_window, ">= 1")
+        _require(self.lr > 0, "lr", self.lr, "> 0")
+        _require(self.lambda_lr_scale > 0, "lambda_lr_scale", self.lambda_lr_scale, "> 0")
+        _one_of("loss", self.loss, LOSSES)
+        _one_of("example_mode", self.example_mode, EXAMPLE_MODES)
+        _one_of("select_mode", self.select_mode, SELECT_MODES)
+        _one_of("window_offsets", self.window_offsets, WINDOW_OFFSETS)
+
+    @property
+    def window(self) -> int:
+        """Length of a training window."""
+        return self.max_len if self.train_window is None else self.train_window
 
     def to_dict(self) -> dict:
         return asdict(self)

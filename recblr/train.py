@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RecblrError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+        raise RecblrError(f"device {device!r}: CUDA is not available here; use cpu or auto")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise RecblrError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
+        raise RecblrError(f"device {device!r} is not a device; use auto, cpu or cuda") from None
 
 
 def sequence_windows(
@@ -86,17 +87,89 @@ def length_batches(
     return batches
 
 
+@dataclass
+class Batch:
+    """One optimiser step's data, on the host. Row r continues the history `context[r]` (empty:
+    from the empty state) with `items[r, :lengths[r]]`; `targets[r, t]` is the item to predict
+    after position t, 0 where no loss is taken (padding, or a prefix-mode row's earlier items)."""
+
+    items: np.ndarray  # (B, T) int64, right-padded with 0
+    lengths: np.ndarray  # (B,) int64
+    targets: np.ndarray  # (B, T) int64
+    context: list[np.ndarray]
+
+    @property
+    def n_pairs(self) -> int:
+        return int(np.count_nonzero(self.targets))
+
+    def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(items, lengths, targets) as tensors on `device`."""
+        return tuple(torch.from_numpy(a).to(device) for a in (self.items, self.lengths, self.targets))
+
+
+def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for r, s in enumerate(rows):
+        out[r, : len(s)] = s
+    return out
+
+
+def window_batches(train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator) -> list[Batch]:
+    """Sequence mode: every window trains all of its (prefix, next item) pairs at once."""
+    windows = sequence_windows(train_seqs, cfg.window, rng if cfg.window_offsets == "random" else None)
+    lengths = np.array([w[2] for w in windows])
+    batches = []
+    for picked in length_batches(lengths, cfg.batch_size, rng):
+        ws = [windows[i] for i in picked]
+        lens = np.array([n for _, _, n in ws], dtype=np.int64)
+        width = max(1, int(lens.max()))
+        batches.append(Batch(
+            items=_padded([train_seqs[u][s : s + n] for u, s, n in ws], width),
+            lengths=lens,
+            targets=_padded([train_seqs[u][s + 1 : s + n + 1] for u, s, n in ws], width),
+            context=[train_seqs[u][:s] for u, s, _ in ws],
+        ))
+    return batches
+
+
+def prefix_examples(train_seqs: list[np.ndarray]) -> np.ndarray:
+    """(user, end) pairs: predict seq[end] from seq[:end], as the paper's reference code."""
+    return np.array([(u, e) for u, s in enumerate(train_seqs) for e in range(1, len(s))], dtype=np.int64)
+
+
+def prefix_batches(train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator) -> list[Batch]:
+    """Prefix mode (the paper's reference code): one pair per row, its last `max_len` items
+    encoded from the empty state, the loss at the last position only."""
+    examples = prefix_examples(train_seqs)
+    order = rng.permutation(len(examples))
+    batches = []
+    for c in range(0, len(order), cfg.batch_size):
+        picked = examples[order[c : c + cfg.batch_size]]
+        rows = [train_seqs[u][max(0, e - cfg.max_len) : e] for u, e in picked]
+        lens = np.array([len(r) for r in rows], dtype=np.int64)
+        targets = np.zeros((len(rows), int(lens.max())), dtype=np.int64)
+        targets[np.arange(len(rows)), lens - 1] = [train_seqs[u][e] for u, e in picked]
+        batches.append(Batch(_padded(rows, targets.shape[1]), lens, targets, [np.zeros(0, dtype=np.int64)] * len(rows)))
+    return batches
+
+
+def epoch_batches(train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator) -> list[Batch]:
+    """One epoch's batches in training order (the only use of `rng`)."""
+    if cfg.example_mode == "prefix":
+        return prefix_batches(train_seqs, cfg, rng)
+    return window_batches(train_seqs, cfg, rng)
+
+
 @torch.no_grad()
-def carried_states(
-    model: RecBLR, seqs: list[np.ndarray], starts: list[int], device: torch.device
-) -> torch.Tensor:
-    """State after the first `start` items of each sequence (zeros where start == 0)."""
-    state = model.initial_state(len(seqs), device)
-    rows = [i for i, s in enumerate(starts) if s > 0]
+def carried_states(model: RecBLR, context: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Each row's state after its `context` items (zeros for an empty context), computed in eval
+    mode: the state serving will have streamed."""
+    state = model.initial_state(len(context), device)
+    rows = [i for i, c in enumerate(context) if len(c) > 0]
     if rows:
         was_training = model.training
         model.eval()
-        items, lengths = pad_right([seqs[i][: starts[i]] for i in rows], device)
+        items, lengths = pad_right([context[i] for i in rows], device)
         _, s = model(items, lengths=lengths)
         state[rows] = s
         model.train(was_training)
@@ -115,54 +188,33 @@ def next_item_loss(
     return -F.logsigmoid(diff).mean()
 
 
-def _sequence_batches(
-    model: RecBLR, train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, device
-) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
-    window = cfg.max_len if cfg.train_window is None else cfg.train_window
-    windows = sequence_windows(train_seqs, window, rng if cfg.window_offsets == "random" else None)
-    lengths = np.array([w[2] for w in windows])
-    for batch in length_batches(lengths, cfg.batch_size, rng):
-
-        def run(batch=batch):
-            ws = [windows[i] for i in batch]
-            state = carried_states(model, [train_seqs[u] for u, _, _ in ws], [s for _, s, _ in ws], device)
-            items, lens = pad_right([train_seqs[u][s : s + n] for u, s, n in ws], device)
-            tgts, _ = pad_right([train_seqs[u][s + 1 : s + n + 1] for u, s, n in ws], device)
-            h, _ = model(items, state, lens)
-            mask = torch.arange(items.shape[1], device=device).view(1, -1) < lens.view(-1, 1)
-            return h[mask], tgts[mask], int(mask.sum())
-
-        yield run
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def prefix_examples(train_seqs: list[np.ndarray]) -> np.ndarray:
-    """(user, end) pairs: predict seq[end] from seq[:end], as the paper's reference code."""
-    return np.array([(u, e) for u, s in enumerate(train_seqs) for e in range(1, len(s))], dtype=np.int64)
-
-
-def _prefix_batches(
-    model: RecBLR, train_seqs: list[np.ndarray], cfg: TrainConfig, rng: np.random.Generator, device
-) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
-    examples = prefix_examples(train_seqs)
-    order = rng.permutation(len(examples))
-    for c in range(0, len(order), cfg.batch_size):
-        batch = examples[order[c : c + cfg.batch_size]]
-
-        def run(batch=batch):
-            seqs = [train_seqs[u][max(0, e - cfg.max_len) : e] for u, e in batch]
-            items, lens = pad_right(seqs, device)
-            tgts = torch.as_tensor(np.array([train_seqs[u][e] for u, e in batch]), device=device)
-            return model.last_hidden(items, lens), tgts, len(batch)
-
-        yield run
-
-
-def epoch_batches(model, train_seqs, cfg, rng, device):
-    if cfg.example_mode == "sequence":
-        return list(_sequence_batches(model, train_seqs, cfg, rng, device))
-    if cfg.example_mode == "prefix":
-        return list(_prefix_batches(model, train_seqs, cfg, rng, device))
-    raise RecblrError(f"--example-mode {cfg.example_mode!r}: use sequence or prefix")
+def train_epoch(
+    model: RecBLR,
+    opt: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    loss_fn: LossFn,
+    device: torch.device,
+    on_step: Callable[[], None] = lambda: None,
+) -> tuple[float, int]:
+    """One pass over `batches`; returns the mean loss per pair and the number of pairs."""
+    model.train()
+    total_loss, total_pairs = 0.0, 0
+    for batch in batches:
+        items, lengths, targets = batch.to(device)
+        state = carried_states(model, batch.context, device)
+        h, _ = model(items, state, lengths)
+        trained = targets != 0
+        loss = loss_fn(h[trained], targets[trained])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += float(loss.detach()) * batch.n_pairs
+        total_pairs += batch.n_pairs
+        on_step()
+    return total_loss / max(1, total_pairs), total_pairs
 
 
 @dataclass
@@ -195,16 +247,6 @@ def train(
     console: Console | None = None,
 ) -> TrainResult:
     """Train with early stopping; saves the best-validation checkpoint to `out` as it goes."""
-    if cfg.loss not in ("ce", "bpr"):
-        raise RecblrError(f"--loss {cfg.loss!r}: use ce or bpr")
-    if cfg.select_mode not in ("stream", "window"):
-        raise RecblrError(f"select mode {cfg.select_mode!r}: use stream or window")
-    if cfg.window_offsets not in ("fixed", "random"):
-        raise RecblrError(f"--window-offsets {cfg.window_offsets!r}: use fixed or random")
-    if not cfg.lambda_lr_scale > 0:
-        raise RecblrError(f"--lambda-lr-scale {cfg.lambda_lr_scale}: must be > 0")
-    if cfg.epochs < 1:
-        raise RecblrError(f"--epochs {cfg.epochs}: train for at least 1 epoch")
     if model_cfg.n_items != data.n_items:
         raise ValueError("model_cfg.n_items must equal the data's catalog size")
     console = console or Console(stderr=True)
@@ -214,6 +256,7 @@ def train(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model = RecBLR(model_cfg).to(device)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
+    loss_fn = partial(next_item_loss, model, loss=cfg.loss, rng=gen)
     train_seqs = data.train_sequences()
     n_users = len(data.sequences)
 
@@ -221,34 +264,25 @@ def train(
     t_train = 0.0
     with _progress(console) as progress:
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
             t0 = time.perf_counter()
-            batches = epoch_batches(model, train_seqs, cfg, rng, device)
+            batches = epoch_batches(train_seqs, cfg, rng)
             task = progress.add_task(f"epoch {epoch}", total=len(batches))
-            total_loss, total_pairs = 0.0, 0
-            for run in batches:
-                h, tgts, n = run()
-                loss = next_item_loss(model, h, tgts, cfg.loss, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total_loss += float(loss.detach()) * n
-                total_pairs += n
-                progress.advance(task)
+            mean_loss, pairs = train_epoch(model, opt, batches, loss_fn, device,
+                                           on_step=lambda task=task: progress.advance(task))
             progress.remove_task(task)
             seconds = time.perf_counter() - t0
             t_train += seconds
+
             vtask = progress.add_task("validating", total=n_users)
             valid = evaluate(model, data, "valid", (cfg.select_mode,), cfg.max_len, cfg.eval_batch_size,
                              progress=lambda n, vtask=vtask: progress.advance(vtask, n))
             progress.remove_task(vtask)
             score = valid[cfg.select_mode]["ndcg@10"]
-            row = {"epoch": epoch, "loss": total_loss / max(1, total_pairs), "valid_ndcg@10": score,
-                   "seconds": seconds, "pairs": total_pairs}
+            row = {"epoch": epoch, "loss": mean_loss, "valid_ndcg@10": score, "seconds": seconds, "pairs": pairs}
             history.append(row)
             improved = score > best
             console.print(
-                f"epoch {epoch:3d} | loss {row['loss']:.4f} | valid NDCG@10 {score:.4f} ({cfg.select_mode})"
+                f"epoch {epoch:3d} | loss {mean_loss:.4f} | valid NDCG@10 {score:.4f} ({cfg.select_mode})"
                 f" | {seconds:.1f}s{' *' if improved else ''}",
                 highlight=False,
             )
@@ -256,8 +290,9 @@ def train(
                 best, best_epoch, bad = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
                 if out is not None:
-                    partial = {"best_epoch": epoch, "epochs": epoch, "valid": valid, "complete": False}
-                    save_checkpoint(out, model, data.item_ids, data.user_ids, cfg.to_dict(), partial, data.spec)
+                    partial_metrics = {"best_epoch": epoch, "epochs": epoch, "valid": valid, "complete": False}
+                    save_checkpoint(out, model, data.item_ids, data.user_ids, cfg.to_dict(), partial_metrics,
+                                    data.spec)
             else:
                 bad += 1
                 if bad >= cfg.patience:
@@ -265,9 +300,7 @@ def train(
                     break
 
     if best_state is None:
-        raise RecblrError(
-            "no epoch gave a finite validation NDCG@10 (the loss diverged?); lower --lr and retrain"
-        )
+        raise RecblrError("no epoch gave a finite validation NDCG@10 (the loss diverged?); lower lr and retrain")
     model.load_state_dict(best_state)
     model.eval()
     with _progress(console) as progress:

@@ -9,7 +9,14 @@ from recblr.config import ModelConfig, TrainConfig
 from recblr.data import load_dataset
 from recblr.errors import RecblrError
 from recblr.model import RecBLR
-from recblr.train import carried_states, length_batches, prefix_examples, sequence_windows, train
+from recblr.train import (
+    carried_states,
+    epoch_batches,
+    length_batches,
+    prefix_examples,
+    sequence_windows,
+    train,
+)
 
 
 def test_windows_cover_every_pair_once():
@@ -46,7 +53,7 @@ def test_carried_state_equals_streaming_the_prefix():
     torch.manual_seed(0)
     model = RecBLR(ModelConfig(n_items=20, dim=8)).train()  # carried state is computed in eval mode
     seqs = [np.array([3, 4, 5, 6, 7, 8, 9]), np.array([1, 2, 3])]
-    state = carried_states(model, seqs, [4, 0], torch.device("cpu"))
+    state = carried_states(model, [seqs[0][:4], seqs[1][:0]], torch.device("cpu"))
     assert model.training  # and the mode it found is restored
     model.eval()
     _, expect = model(torch.tensor([[3, 4, 5, 6]]))
@@ -79,9 +86,39 @@ def test_prefix_mode_bpr_and_random_offsets_run(small_inter: Path):
                 TrainConfig(max_len=8, batch_size=128, epochs=1, window_offsets="random")):
         result = train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
         assert np.isfinite(result.metrics["history"][0]["loss"])
-    with pytest.raises(RecblrError, match="--window-offsets"):
-        cfg = TrainConfig(epochs=1, window_offsets="shifted")
-        train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
+
+
+@pytest.mark.parametrize("mode", ["sequence", "prefix"])
+def test_batches_hold_every_pair_once(mode: str):
+    seqs = [np.arange(1, 12), np.arange(20, 23), np.arange(30, 35)]
+    cfg = TrainConfig(max_len=4, batch_size=6, example_mode=mode)
+    batches = epoch_batches(seqs, cfg, np.random.default_rng(0))
+    pairs = []
+    for b in batches:
+        assert b.items.shape == b.targets.shape and len(b.context) == len(b.lengths)
+        for row, ctx in enumerate(b.context):
+            seen = np.concatenate([ctx, b.items[row, : b.lengths[row]]])
+            assert np.all(b.items[row, b.lengths[row]:] == 0)
+            for t in np.flatnonzero(b.targets[row]):
+                prefix = seen[: len(ctx) + t + 1]
+                if mode == "prefix":  # the last max_len items, from the empty state
+                    assert len(ctx) == 0 and t == b.lengths[row] - 1
+                pairs.append((tuple(prefix[-cfg.max_len:]), int(b.targets[row, t])))
+    expect = [(tuple(s[max(0, e - 4) : e]), int(s[e])) for s in seqs for e in range(1, len(s))]
+    assert sorted(pairs) == sorted(expect) and sum(b.n_pairs for b in batches) == len(expect)
+
+
+@pytest.mark.parametrize("field, value", [("window_offsets", "shifted"), ("loss", "mse"), ("epochs", 0),
+                                          ("lambda_lr_scale", 0.0), ("example_mode", "x"), ("lr", -1.0)])
+def test_train_config_names_the_bad_setting(field: str, value):
+    with pytest.raises(RecblrError, match=f"^{field} "):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("dim", 0), ("n_layers", 0), ("conv_width", 0), ("dropout", 1.0)])
+def test_model_config_names_the_bad_setting(field: str, value):
+    with pytest.raises(RecblrError, match=f"^{field} "):
+        ModelConfig(**{"n_items": 5, field: value})
 
 
 def test_lambda_learns_at_its_own_rate(small_inter: Path):
@@ -102,8 +139,6 @@ def test_lambda_learns_at_its_own_rate(small_inter: Path):
         return max((after[k] - before[k]).abs().max().item() for k in trained.model.lambda_parameters())
 
     assert lam_moved(100.0) > 10 * lam_moved(1.0)
-    with pytest.raises(RecblrError, match="--lambda-lr-scale"):
-        train(data, model_cfg, TrainConfig(epochs=1, lambda_lr_scale=0.0))
 
 
 def test_no_finite_validation_is_a_clear_error(small_inter: Path, monkeypatch):
