@@ -17,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -79,6 +80,19 @@ def shard(batch: Any, world: World) -> Any:
     return batch[world.rank :: world.size]
 
 
+def shard_batch(batch: Any, world: World) -> Any:
+    """This rank's rows of a training batch (recblr.train.Batch). A rank left without rows (a
+    batch with fewer rows than ranks) gets one row of padding, which trains nothing but keeps
+    the rank in the step's gradient all-reduce."""
+    rows = np.arange(world.rank, len(batch.lengths), world.size)
+    if len(rows) == 0:
+        empty = np.zeros((1, 1), dtype=np.int64)
+        return replace(batch, items=empty, lengths=np.ones(1, dtype=np.int64), targets=empty.copy(),
+                       context=[np.zeros(0, dtype=np.int64)])
+    return replace(batch, items=batch.items[rows], lengths=batch.lengths[rows], targets=batch.targets[rows],
+                   context=[batch.context[r] for r in rows])
+
+
 def _tensor(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64, device=device)
 
@@ -131,11 +145,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
+# exit codes every rank gives together on purpose: done, a user error, stopped by SIGINT / SIGTERM
+_TOGETHER = (0, 2, 130, 143)
+
+
+def launch(nproc: int, argv: list[str], settle_s: float = 10.0, grace_s: float = 30.0) -> int:
     """Run `recblr train argv` on `nproc` local processes with torchrun's environment.
 
-    When one rank exits with an error the others are stopped (SIGTERM, then SIGKILL after
-    `grace_s`) and a RecblrError names the rank. SIGTERM/SIGINT to the launcher go to every
+    Ranks that stop together with the same exit code (a finished run, a user error rank 0 has
+    printed, a stop by SIGTERM) give that code. When one rank fails alone, the others get
+    `settle_s` to notice (their next collective fails), then SIGTERM, then SIGKILL after
+    `grace_s`, and a RecblrError names the rank. SIGTERM/SIGINT to the launcher go to every
     rank, which then write their resumable checkpoint and exit.
     """
     if nproc < 1:
@@ -154,18 +174,20 @@ def launch(nproc: int, argv: list[str], grace_s: float = 30.0) -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        failed = None
-        while failed is None and any(p.poll() is None for p in procs):
-            failed = next(((r, p.returncode) for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+        while all(p.poll() is None for p in procs):
             time.sleep(0.05)
-        if failed is None:
-            failed = next(((r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0), None)
-        if failed is None:
-            return 0
+        first = next((r, p.returncode) for r, p in enumerate(procs) if p.returncode is not None)
+        deadline = time.monotonic() + (0.0 if first[1] == 0 else settle_s)
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if first[1] == 0:
+            for p in procs:
+                p.wait()
         _stop(procs, grace_s)
-        rank, code = failed
-        if code == 2 and all(p.returncode == 2 for p in procs):
-            return 2  # the same user error on every rank, already printed once per rank
+        codes = [p.returncode for p in procs]
+        if len(set(codes)) == 1 and codes[0] in _TOGETHER:
+            return codes[0]
+        rank, code = first if first[1] != 0 else next((r, c) for r, c in enumerate(codes) if c != 0)
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         raise RecblrError(f"--nproc {nproc}: rank {rank} failed ({how}); stopped the other ranks")
     finally:

@@ -215,14 +215,16 @@ def load_resume(directory: str | Path, say: Callable[[str], None] = print) -> tu
     raise RecblrError(f"--resume {directory}: no valid checkpoint there ({'; '.join(problems)})")
 
 
-def settings_differences(saved: dict, given: dict) -> list[str]:
-    """'name: checkpoint X, now Y' for each given setting that differs and may not change."""
+def settings_differences(saved: dict, given: dict, flags: dict[str, str] | None = None) -> list[str]:
+    """'--flag X (checkpoint: Y)' for each given setting that differs and may not change."""
+    flags = flags or {}
     out = []
     for name, value in given.items():
         if name in MAY_CHANGE or name not in saved:
             continue
         if saved[name] != value:
-            out.append(f"{name}: checkpoint {saved[name]!r}, now {value!r}")
+            flag = flags.get(name, "--" + name.replace("_", "-"))
+            out.append(f"{flag} {value!r} (checkpoint: {saved[name]!r})")
     return out
 
 

@@ -105,4 +105,4 @@ def test_settings_differences_name_what_differs_and_allow_run_length_changes():
     saved = {"dim": 64, "lr": 1e-3, "epochs": 10, "patience": 3, "seed": 1}
     assert settings_differences(saved, {"epochs": 50, "patience": 9, "dim": 64}) == []
     assert settings_differences(saved, {"dim": 32, "lr": 1e-3, "seed": 2}) == [
-        "dim: checkpoint 64, now 32", "seed: checkpoint 1, now 2"]
+        "--dim 32 (checkpoint: 64)", "--seed 2 (checkpoint: 1)"]
