@@ -65,7 +65,13 @@ def init(world: World, device: torch.device) -> torch.device:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+        else:  # torchrun keeps one store across restarts: keys of a dead group must not be read back
+            store, _, _ = next(dist.rendezvous("env://", world.rank, world.size))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"recblr/restart_{restart}", store),
+                                    rank=world.rank, world_size=world.size)
     return device
 
 
