@@ -36,7 +36,8 @@ _NAME = re.compile(r"^resume-(\d{10})\.pt$")
 
 # Settings a resumed run may change: they steer how long it runs and where it writes, never
 # what one step computes. Everything else in the saved settings must match.
-MAY_CHANGE = frozenset({"epochs", "patience", "save_every_min", "out", "metrics_json", "checkpoint_dir"})
+MAY_CHANGE = frozenset({"epochs", "patience", "save_every_min", "out", "metrics_json", "checkpoint_dir",
+                        "nproc"})  # the number of processes is checked against the checkpoint's own
 
 
 def data_fingerprint(item_ids: list[str], user_ids: list[str], sequences: list[np.ndarray]) -> str:

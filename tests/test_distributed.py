@@ -41,6 +41,17 @@ def test_shards_give_every_row_of_a_global_batch_to_exactly_one_rank():
     assert [len(p) for p in parts] == [4, 4, 3]
 
 
+def test_a_rank_without_rows_gets_one_padding_row_that_trains_nothing():
+    from recblr.distributed import shard_batch
+    from recblr.train import Batch
+
+    one = Batch(np.array([[3, 4, 0]]), np.array([2]), np.array([[4, 5, 0]]), [np.array([1, 2])])
+    mine = shard_batch(one, World(0, 2))
+    assert mine.n_pairs == 2 and mine.items.tolist() == [[3, 4, 0]] and mine.context[0].tolist() == [1, 2]
+    empty = shard_batch(one, World(1, 2))
+    assert empty.n_pairs == 0 and empty.items.shape == (1, 1) and len(empty.context[0]) == 0
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[int, Path]:
     """The same training on one process and on two."""
