@@ -1,4 +1,4 @@
-"""`recblr-export model.pt [-o cell.onnx] [--top-k K] [--verify]`.
+"""`recblr-export model.pt [-o cell.onnx] [--top-k K] [--verify]` (also `recblr export`).
 
 Exit codes: 0 done, 1 the exported cell failed verification (nothing written),
 2 bad input (one line on stderr naming the input and the fix).
@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from recblr.errors import RecblrError
+from recblr.errors import RecblrError, user_errors
 
-app = typer.Typer(add_completion=False, help="Export a trained RecBLR checkpoint's per-step cell to ONNX.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Export a trained RecBLR checkpoint's per-step cell to ONNX.",
+)
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(RecblrError):
     """The exported cell does not reproduce the PyTorch model (exit code 1)."""
+
+    exit_code = 1
 
 
 def _histories(ckpt, n: int, seed: int) -> tuple[list, str]:
@@ -63,26 +70,27 @@ def _check_agreement(tmp_path, ckpt, histories, k, precision, source, out, summa
 
 
 @app.command()
+@user_errors
 def export(
-    checkpoint: Path = typer.Argument(..., help="model.pt written by `recblr train`."),
-    output: Path | None = typer.Option(
-        None, "-o", "--output", help="Where to write the cell Default: cell.onnx next to the checkpoint."
-    ),
-    top_k: int = typer.Option(100, "--top-k", "-k", help="Items returned per step (capped at the catalog size)."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset of the graph (18 to 25)."),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="Weights and compute in float16 (state and scores stay float32)."
-    ),
-    int8: bool = typer.Option(
-        False, "--int8", help="Dynamic int8 quantisation of the weight matrices (onnxruntime)."
-    ),
-    verify: bool = typer.Option(
-        False, "--verify", help="Check the cell against the PyTorch model before writing it."
-    ),
-    verify_users: int = typer.Option(64, "--verify-users", help="Histories checked by --verify."),
-    seed: int = typer.Option(0, "--seed", help="Which histories --verify picks."),
+    checkpoint: Annotated[Path, typer.Argument(help="model.pt written by `recblr train`.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write the cell. Default: cell.onnx next to the checkpoint.")] = None,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", "-k", help="Items returned per step (capped at the catalog size).")] = 100,
+    opset: Annotated[int, typer.Option(help="ONNX opset of the graph (18 to 25).")] = 18,
+    fp16: Annotated[bool, typer.Option(
+        "--fp16", help="Weights and compute in float16 (state and scores stay float32).")] = False,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Dynamic int8 quantisation of the weight matrices (onnxruntime).")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check the cell against the PyTorch model before writing it.")] = False,
+    verify_users: Annotated[int, typer.Option(help="Histories checked by --verify.")] = 64,
+    seed: Annotated[int, typer.Option(help="Which histories --verify picks.")] = 0,
 ) -> None:
     """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
+    from recblr.extras import require_extra
+
+    require_extra("recblr export", ("torch", "onnx", "onnxscript"))
     from recblr.checkpoint import load_checkpoint
     from recblr.export.onnx_export import check_opset, export_cell
     from recblr.export.verify import verify_cell
@@ -132,18 +140,11 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
-    args = sys.argv[1:] if argv is None else list(argv)
+    """`recblr-export`: returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
     try:
-        app(args=args, prog_name="recblr-export")
-    except SystemExit as e:  # usage errors (2) and --help (0), printed by typer
+        app(args=sys.argv[1:] if argv is None else list(argv), prog_name="recblr-export")
+    except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except RecblrError as e:
-        print(f"recblr-export: error: {e}", file=sys.stderr)
-        return 2
-    except VerificationFailed as e:
-        print(f"recblr-export: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

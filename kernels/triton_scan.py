@@ -16,6 +16,9 @@ saved) and walks T in reverse by index arithmetic (no reverse associative scan):
 
 dlam is reduced over T in registers and over B on the host; dh0 = a_1 G_1.
 
+Launches name every argument. A missing h0 is passed as None: `HAS_H0` (a constexpr set by
+`triton.heuristics`) compiles the variant that starts from zeros and never touches h0_ptr.
+
 With TRITON_INTERPRET=1 in the environment *before this module is imported*, the kernels run
 on CPU tensors in Triton's interpreter (slow: tests only).
 """
@@ -51,6 +54,21 @@ def _softplus(v):
 
 
 @triton.jit
+def _program_start(lam_ptr, h0_ptr, C, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's batch row, channels and their mask, Lambda, and h0 (zeros without one)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cmask = offs_c < C
+    lam = tl.load(lam_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + pid_b * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        h0 = tl.zeros([BLOCK], dtype=tl.float32)
+    return pid_b, offs_c, cmask, lam, h0
+
+
+@triton.heuristics({"HAS_H0": lambda args: args["h0_ptr"] is not None})
+@triton.jit
 def _bd_lru_fwd_kernel(
     x_ptr, r_ptr, i_ptr, lam_ptr, h0_ptr, h_ptr,
     T, C,
@@ -58,16 +76,9 @@ def _bd_lru_fwd_kernel(
     HAS_H0: tl.constexpr, EPS_: tl.constexpr,
     BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    cmask = offs_c < C
-    zero_c = tl.zeros([BLOCK], dtype=tl.int32)
-    lam = tl.load(lam_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    pid_b, offs_c, cmask, lam, h = _program_start(lam_ptr, h0_ptr, C, HAS_H0, BLOCK)
     neg_s = -_softplus(lam)
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK], dtype=tl.float32)
+    zero_c = tl.zeros([BLOCK], dtype=tl.int32)
     x_row = x_ptr + pid_b * sxb + offs_c
     r_row = r_ptr + pid_b * srb + offs_c
     i_row = i_ptr + pid_b * sib + offs_c
@@ -89,6 +100,7 @@ def _bd_lru_fwd_kernel(
             tl.store(h_row + t * sht, h.to(h_ptr.dtype.element_ty), mask=m)
 
 
+@triton.heuristics({"HAS_H0": lambda args: args["h0_ptr"] is not None})
 @triton.jit
 def _bd_lru_bwd_kernel(
     gh_ptr, h_ptr, x_ptr, r_ptr, i_ptr, lam_ptr, h0_ptr,
@@ -98,16 +110,9 @@ def _bd_lru_bwd_kernel(
     HAS_H0: tl.constexpr, EPS_: tl.constexpr,
     BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    cmask = offs_c < C
-    zero_c = tl.zeros([BLOCK], dtype=tl.int32)
-    lam = tl.load(lam_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    pid_b, offs_c, cmask, lam, h0 = _program_start(lam_ptr, h0_ptr, C, HAS_H0, BLOCK)
     neg_s = -_softplus(lam)
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + pid_b * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    else:
-        h0 = tl.zeros([BLOCK], dtype=tl.float32)
+    zero_c = tl.zeros([BLOCK], dtype=tl.int32)
     g_row = gh_ptr + pid_b * sgb + offs_c
     h_row = h_ptr + pid_b * shb + offs_c
     x_row = x_ptr + pid_b * sxb + offs_c
@@ -173,16 +178,15 @@ def forward(x, r_pre, i_pre, lam, h0=None):
     B, T, C = x.shape
     x, r_pre, i_pre = _c_contig(x), _c_contig(r_pre), _c_contig(i_pre)
     lam = lam.contiguous()
-    h0c = None if h0 is None else h0.contiguous()
     h = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
     block, warps = launch_config(C)
     _bd_lru_fwd_kernel[_grid(B, C, block)](
-        x, r_pre, i_pre, lam, h0c if h0c is not None else lam, h,
-        T, C,
-        x.stride(0), x.stride(1), r_pre.stride(0), r_pre.stride(1),
-        i_pre.stride(0), i_pre.stride(1), h.stride(0), h.stride(1),
-        HAS_H0=h0c is not None, EPS_=EPS, BLOCK=block, CHUNK=CHUNK_T,
-        num_warps=warps,
+        x_ptr=x, r_ptr=r_pre, i_ptr=i_pre, lam_ptr=lam,
+        h0_ptr=None if h0 is None else h0.contiguous(), h_ptr=h,
+        T=T, C=C,
+        sxb=x.stride(0), sxt=x.stride(1), srb=r_pre.stride(0), srt=r_pre.stride(1),
+        sib=i_pre.stride(0), sit=i_pre.stride(1), shb=h.stride(0), sht=h.stride(1),
+        EPS_=EPS, BLOCK=block, CHUNK=CHUNK_T, num_warps=warps,
     )  # fmt: skip
     return h
 
@@ -194,7 +198,6 @@ def backward(grad_h, h, x, r_pre, i_pre, lam, h0=None):
     grad_h, h = _c_contig(grad_h), _c_contig(h)
     x, r_pre, i_pre = _c_contig(x), _c_contig(r_pre), _c_contig(i_pre)
     lam = lam.contiguous()
-    h0c = None if h0 is None else h0.contiguous()
     dx = torch.empty((B, T, C), dtype=x.dtype, device=x.device)
     dr = torch.empty((B, T, C), dtype=r_pre.dtype, device=x.device)
     di = torch.empty((B, T, C), dtype=i_pre.dtype, device=x.device)
@@ -202,13 +205,13 @@ def backward(grad_h, h, x, r_pre, i_pre, lam, h0=None):
     dh0 = torch.empty((B, C), dtype=torch.float32, device=x.device)
     block, warps = launch_config(C)
     _bd_lru_bwd_kernel[_grid(B, C, block)](
-        grad_h, h, x, r_pre, i_pre, lam, h0c if h0c is not None else lam,
-        dx, dr, di, dlam_part, dh0,
-        T, C,
-        grad_h.stride(0), grad_h.stride(1), h.stride(0), h.stride(1),
-        x.stride(0), x.stride(1), r_pre.stride(0), r_pre.stride(1),
-        i_pre.stride(0), i_pre.stride(1),
-        HAS_H0=h0c is not None, EPS_=EPS, BLOCK=block, CHUNK=CHUNK_T,
-        num_warps=warps,
+        gh_ptr=grad_h, h_ptr=h, x_ptr=x, r_ptr=r_pre, i_ptr=i_pre, lam_ptr=lam,
+        h0_ptr=None if h0 is None else h0.contiguous(),
+        dx_ptr=dx, dr_ptr=dr, di_ptr=di, dlam_ptr=dlam_part, dh0_ptr=dh0,
+        T=T, C=C,
+        sgb=grad_h.stride(0), sgt=grad_h.stride(1), shb=h.stride(0), sht=h.stride(1),
+        sxb=x.stride(0), sxt=x.stride(1), srb=r_pre.stride(0), srt=r_pre.stride(1),
+        sib=i_pre.stride(0), sit=i_pre.stride(1),
+        EPS_=EPS, BLOCK=block, CHUNK=CHUNK_T, num_warps=warps,
     )  # fmt: skip
     return dx, dr, di, dlam_part.sum(0), dh0

@@ -1,5 +1,7 @@
-"""The `recblr` command line (typer). Heavy imports happen inside commands, so `--help` is fast
-and the serving commands never load torch."""
+"""The `recblr` command line (typer): one app holding every command. `export`, `serve` and
+`score` are the very command functions of `recblr-export` and `recblr-serve`, registered here
+too. Heavy imports happen inside commands, so `--help` is fast, needs no torch, and a training
+command in a serving-only install says which extra to install."""
 
 from __future__ import annotations
 
@@ -11,12 +13,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
+from recblr.config import EXAMPLE_MODES, LOSSES, SELECT_MODES, WINDOW_OFFSETS
 from recblr.errors import RecblrError, user_errors
+from recblr.export.cli import export
+from recblr.extras import TRAIN_EXTRA_HINT, require_extra
+from recblr.runtime.cli import score, serve
 
 app = typer.Typer(
     name="recblr",
     help="RecBLR sequential recommendation: train, evaluate, export the ONNX cell, serve.",
+    epilog=escape(TRAIN_EXTRA_HINT[0].upper() + TRAIN_EXTRA_HINT[1:] + "."),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -25,35 +33,17 @@ data_app = typer.Typer(help="Datasets: fetch known ones, inspect files.", no_arg
 app.add_typer(data_app, name="data")
 
 
-class Loss(str, Enum):
-    ce = "ce"
-    bpr = "bpr"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice type over the values the config accepts (one list, kept in config.py)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class ExampleMode(str, Enum):
-    sequence = "sequence"
-    prefix = "prefix"
-
-
-class EvalMode(str, Enum):
-    window = "window"
-    stream = "stream"
-    both = "both"
-
-
-class SelectMode(str, Enum):
-    stream = "stream"
-    window = "window"
-
-
-class WindowOffsets(str, Enum):
-    fixed = "fixed"
-    random = "random"
-
-
-class Split(str, Enum):
-    valid = "valid"
-    test = "test"
+Loss = _choices("Loss", LOSSES)
+ExampleMode = _choices("ExampleMode", EXAMPLE_MODES)
+SelectMode = _choices("SelectMode", SELECT_MODES)
+WindowOffsets = _choices("WindowOffsets", WINDOW_OFFSETS)
+EvalMode = _choices("EvalMode", (*SELECT_MODES, "both"))
+Split = _choices("Split", ("valid", "test"))
 
 
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset name (ml-100k) or interactions file.")]
@@ -154,6 +144,7 @@ def train(
 ) -> None:
     """Train RecBLR; the best-validation checkpoint is written to --out. See docs/long-runs.md
     (--checkpoint-dir, --resume) and docs/distributed-training.md (--nproc, torchrun)."""
+    require_extra("recblr train")
     from recblr.distributed import launch, world_from_env
 
     world = world_from_env()
@@ -264,11 +255,12 @@ def evaluate(
     user_col: ColOpt = None,
     item_col: ColOpt = None,
     time_col: ColOpt = None,
-    split: Annotated[Split, typer.Option(help="valid or test.")] = Split.test,
-    mode: Annotated[EvalMode, typer.Option(help="window, stream or both.")] = EvalMode.both,
+    split: Annotated[Split, typer.Option(help="valid or test.")] = Split("test"),
+    mode: Annotated[EvalMode, typer.Option(help="window, stream or both.")] = EvalMode("both"),
     max_len: Annotated[int | None, typer.Option(help="Window length (default: the training max_len).")] = None,
 ) -> None:
     """Full-ranking HR/NDCG/MRR @10/@20 of a checkpoint, as JSON."""
+    require_extra("recblr evaluate")
     from recblr.checkpoint import load_checkpoint
     from recblr.data import dataset_from_spec, load_dataset
     from recblr.evaluate import MODES
@@ -286,39 +278,15 @@ def evaluate(
         raise RecblrError(f"{data}: its item vocabulary differs from the checkpoint's; evaluate on the data it was trained on")
     if max_len is not None and max_len < 1:
         raise RecblrError(f"--max-len {max_len}: must be >= 1")
-    modes = MODES if mode == EvalMode.both else (mode.value,)
+    modes = MODES if mode.value == "both" else (mode.value,)
     window = int(ckpt.train_config.get("max_len", 200)) if max_len is None else max_len
     result = run_eval(ckpt.model, d, split.value, modes, window)
     typer.echo(json.dumps({"split": split.value, "max_len": window, "users": len(d.sequences), **result}, indent=2))
 
 
-def _delegate(module: str, func: str, name: str):
-    """A subcommand whose arguments are parsed by another package's CLI."""
-
-    def command(ctx: typer.Context) -> None:
-        import importlib
-
-        try:
-            target = getattr(importlib.import_module(module), func)
-        except (ImportError, AttributeError):
-            typer.echo(f"error: `recblr {name}` is not yet available in this version", err=True)
-            raise typer.Exit(2) from None
-        code = target(list(ctx.args))
-        raise typer.Exit(code or 0)
-
-    return command
-
-
-_passthrough = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-app.command("export", context_settings=_passthrough, add_help_option=False,
-            help="Export the per-step cell to ONNX (see `recblr export --help`).")(
-    _delegate("recblr.export.cli", "main", "export"))
-app.command("serve", context_settings=_passthrough, add_help_option=False,
-            help="Serve recommendations from cell.onnx (see `recblr serve --help`).")(
-    _delegate("recblr.runtime.cli", "serve_main", "serve"))
-app.command("score", context_settings=_passthrough, add_help_option=False,
-            help="Batch-score histories with cell.onnx (see `recblr score --help`).")(
-    _delegate("recblr.runtime.cli", "score_main", "score"))
+app.command("export")(export)
+app.command("serve")(serve)
+app.command("score")(score)
 
 
 def main() -> None:

@@ -17,6 +17,21 @@ class RecblrError(Exception):
     exit_code = 2
 
 
+def _prog() -> str:
+    """The running command as the user typed it ("recblr export"), from the click context that
+    typer is invoking (typer >= 0.24 carries its own copy of click); else argv[0]."""
+    import importlib
+
+    for module in ("typer._click.globals", "click"):
+        try:
+            ctx = importlib.import_module(module).get_current_context(silent=True)
+        except (ImportError, AttributeError):
+            continue
+        if ctx is not None:
+            return ctx.command_path
+    return os.path.basename(sys.argv[0]) or "recblr"
+
+
 def user_errors(fn):
     """Every CLI command's one error-to-exit-code path: a `RecblrError` becomes one line on
     stderr (`PROG: error: message`) and its `exit_code`, never a traceback."""
@@ -28,9 +43,8 @@ def user_errors(fn):
         except RecblrError as e:
             import typer  # only on the error path: keeps this module import-free
 
-            prog = os.path.basename(sys.argv[0]) or "recblr"
             msg = " ".join(str(e).split()) or type(e).__name__
-            print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+            print(f"{_prog()}: error: {msg}", file=sys.stderr, flush=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper

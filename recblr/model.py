@@ -9,6 +9,7 @@ middle of a history, a streamed event and an exported step all share one represe
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 
 from recblr.config import ModelConfig
 from recblr.kernels import bd_lru
+from recblr.kernels.reference import bd_lru_gates
 
 
 def lambda_init(channels: int, a_min: float = 0.9, a_max: float = 0.999) -> torch.Tensor:
@@ -24,6 +26,28 @@ def lambda_init(channels: int, a_min: float = 0.9, a_max: float = 0.999) -> torc
     lo = math.log(math.expm1(-math.log(a_min)))
     hi = math.log(math.expm1(-math.log(a_max)))
     return torch.linspace(lo, hi, channels)
+
+
+class LayerState(NamedTuple):
+    """One layer's recurrent state: what it carries from one event to the next."""
+
+    conv: torch.Tensor  # (B, K-1, C) the last K-1 conv inputs, oldest first
+    h: torch.Tensor  # (B, C) the BD-LRU state
+
+
+def split_state(state: torch.Tensor, cfg: ModelConfig) -> list[LayerState]:
+    """The packed (B, state_size) state as one `LayerState` per layer (views, no copies)."""
+    k, c, n = cfg.conv_width, cfg.inner_dim, cfg.layer_state_size
+    layers = []
+    for i in range(cfg.n_layers):
+        s = state[:, i * n : (i + 1) * n]
+        layers.append(LayerState(s[:, : (k - 1) * c].unflatten(1, (k - 1, c)), s[:, (k - 1) * c :]))
+    return layers
+
+
+def pack_state(layers: list[LayerState]) -> torch.Tensor:
+    """Inverse of `split_state`: per layer, the conv inputs (flattened) then h."""
+    return torch.cat([t for s in layers for t in (s.conv.flatten(1), s.h)], dim=1)
 
 
 class BDLRU(nn.Module):
@@ -35,9 +59,16 @@ class BDLRU(nn.Module):
         self.lam = nn.Parameter(lambda_init(channels))
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """Every state h_t (B, T, C) for inputs x (B, T, C), through the dispatched scan."""
         r_pre, i_pre = self.gate_proj(x).chunk(2, dim=-1)
         hs, _ = bd_lru(x, r_pre, i_pre, self.lam, h0)
         return hs
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The next state for one input x (B, C), in x's dtype."""
+        r_pre, i_pre = self.gate_proj(x).chunk(2, dim=-1)
+        a, b = bd_lru_gates(r_pre, i_pre, self.lam)
+        return a * h + b * x
 
 
 class GatedRecurrentLayer(nn.Module):
@@ -58,25 +89,36 @@ class GatedRecurrentLayer(nn.Module):
         self.out_proj = nn.Linear(c, d, bias=False)
 
     def forward(
-        self, h: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (B,T,D), state (B, K*C) -> output (B,T,D), state after `lengths` real items."""
+        self, h: torch.Tensor, state: LayerState, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, LayerState]:
+        """h (B,T,D) -> output (B,T,D) and the state after each row's `lengths` real items."""
         B, T, _ = h.shape
         k = self.conv_width
         c = self.conv_weight.shape[0]
-        tail, h0 = state[:, : (k - 1) * c].view(B, k - 1, c), state[:, (k - 1) * c :]
         x, z = self.in_proj(h).chunk(2, dim=-1)
-        xp = torch.cat([tail.to(x.dtype), x], dim=1)  # (B, T+K-1, C)
+        xp = torch.cat([state.conv.to(x.dtype), x], dim=1)  # (B, T+K-1, C)
         conv = self.conv_bias + sum(xp[:, j : j + T] * self.conv_weight[:, j] for j in range(k))
         xc = F.silu(conv)
-        hs = self.lru(xc, h0)
+        hs = self.lru(xc, state.h)
         out = self.out_proj(hs * F.silu(z))
         # State after the last real item: xp rows lengths..lengths+K-2, h at lengths (h0 first).
         idx = lengths.view(B, 1) + torch.arange(k - 1, device=h.device).view(1, k - 1)
-        new_tail = xp.gather(1, idx.unsqueeze(-1).expand(B, k - 1, c))
-        hs_ext = torch.cat([h0.unsqueeze(1).to(hs.dtype), hs], dim=1)
+        new_conv = xp.gather(1, idx.unsqueeze(-1).expand(B, k - 1, c))
+        hs_ext = torch.cat([state.h.unsqueeze(1).to(hs.dtype), hs], dim=1)
         new_h = hs_ext.gather(1, lengths.view(B, 1, 1).expand(B, 1, c)).squeeze(1)
-        return out, torch.cat([new_tail.reshape(B, -1), new_h], dim=1)
+        return out, LayerState(new_conv, new_h)
+
+    def step(self, h: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+        """One event: h (B,D) -> output (B,D) and the next state (what `forward` does at one position)."""
+        k = self.conv_width
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        w = self.conv_weight  # (C, K); tap K-1 multiplies the newest input
+        conv = self.conv_bias + (state.conv * w[:, : k - 1].t()).sum(dim=1) + x * w[:, k - 1]
+        xc = F.silu(conv)
+        h_new = self.lru.step(xc, state.h)
+        out = self.out_proj(h_new * F.silu(z))
+        new_conv = torch.cat([state.conv, x.unsqueeze(1)], dim=1)[:, 1:]
+        return out, LayerState(new_conv, h_new)
 
 
 class FeedForward(nn.Module):
@@ -102,9 +144,14 @@ class BehaviorLayer(nn.Module):
         self.ffn = FeedForward(cfg)
 
     def forward(
-        self, h: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, h: torch.Tensor, state: LayerState, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, LayerState]:
         out, new_state = self.recurrent(h, state, lengths)
+        h = self.norm(self.drop(out) + h)
+        return self.ffn(h), new_state
+
+    def step(self, h: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
+        out, new_state = self.recurrent.step(h, state)
         h = self.norm(self.drop(out) + h)
         return self.ffn(h), new_state
 
@@ -158,12 +205,21 @@ class RecBLR(nn.Module):
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=items.device)
         h = self.emb_norm(self.emb_drop(self.item_emb(items)))
-        n = self.cfg.layer_state_size
         new_states = []
-        for i, layer in enumerate(self.layers):
-            h, s = layer(h, state[:, i * n : (i + 1) * n], lengths)
+        for layer, s in zip(self.layers, split_state(state, self.cfg), strict=True):
+            h, s = layer(h, s, lengths)
             new_states.append(s)
-        return h, torch.cat(new_states, dim=1)
+        return h, pack_state(new_states)
+
+    def step(self, item: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One event per row: item (B,) after packed `state` -> hidden vector (B, D) and the next
+        packed state; the same as `forward` at one position, in the weights' dtype."""
+        h = self.emb_norm(self.emb_drop(self.item_emb(item)))
+        new_states = []
+        for layer, s in zip(self.layers, split_state(state, self.cfg), strict=True):
+            h, s = layer.step(h, s)
+            new_states.append(s)
+        return h, pack_state(new_states)
 
     def item_scores(self, h: torch.Tensor) -> torch.Tensor:
         """Scores of every catalog item for hidden vectors h (..., D); padding gets -inf."""

@@ -56,9 +56,44 @@ def test_bad_input_exit_2_one_line(tmp_path: Path, make, args, message):
 
 
 def test_entry_points_help():
-    for args in (["--help"], ["train", "--help"], ["data", "fetch", "--help"]):
+    for args in (["--help"], ["train", "--help"], ["data", "fetch", "--help"], ["export", "--help"],
+                 ["serve", "--help"], ["score", "--help"]):
         r = recblr(*args)
         assert r.returncode == 0, r.stderr
+
+
+def test_subcommands_are_the_standalone_commands():
+    from typer.testing import CliRunner
+
+    from recblr.cli import app
+    from recblr.export import cli as export_cli
+    from recblr.runtime import cli as runtime_cli
+
+    registered = {c.name: c.callback for c in app.registered_commands}
+    assert registered["export"] is export_cli.export
+    assert registered["serve"] is runtime_cli.serve and registered["score"] is runtime_cli.score
+    runner = CliRunner()
+    ours = runner.invoke(app, ["export", "--help"], prog_name="recblr")
+    theirs = runner.invoke(export_cli.app, ["--help"], prog_name="recblr export")
+    assert ours.exit_code == theirs.exit_code == 0 and ours.output == theirs.output
+
+
+def test_without_torch_training_commands_name_the_extra(tmp_path: Path):
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules.update(dict.fromkeys(('torch', 'triton', 'onnx', 'onnxscript')))\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert probe.returncode != 0, "the torch blocker is not active"
+    r = subprocess.run([sys.executable, "-m", "recblr", "--help"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "recblr[train]" in r.stdout, r.stderr
+    for args in (["train"], ["evaluate", "m.pt"], ["export", "m.pt"]):
+        r = subprocess.run([sys.executable, "-m", "recblr", *args], env=env, capture_output=True, text=True,
+                           cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+        assert "pip install 'recblr[train]'" in r.stderr
 
 
 def test_fetch_from_a_bad_wheel_is_a_clear_error(tmp_path: Path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recblr.config import ModelConfig
-from recblr.model import RecBLR, parameter_count
+from recblr.model import RecBLR, pack_state, parameter_count, split_state
 
 
 @pytest.fixture
@@ -48,6 +48,30 @@ def test_state_carries_across_windows(model):
     _, s_len = model(items[:2, :5], lengths=torch.tensor([3, 5]))
     assert torch.allclose(s_len[0], model(items[:1, :3])[1][0], atol=1e-6)
     assert torch.allclose(s_len[1], model(items[1:2, :5])[1][0], atol=1e-6)
+
+
+@pytest.mark.parametrize("conv_width", [1, 4])
+def test_step_is_forward_one_position_at_a_time(conv_width: int):
+    torch.manual_seed(1)
+    model = RecBLR(ModelConfig(n_items=30, dim=8, n_layers=2, conv_width=conv_width)).eval()
+    items = torch.randint(1, 31, (3, 9))
+    _, start = model(items[:, :4])  # a non-empty state to continue from
+    full, s_full = model(items[:, 4:], start)
+    state = start
+    with torch.no_grad():
+        for t in range(4, 9):
+            h, state = model.step(items[:, t], state)
+            assert torch.allclose(h, full[:, t - 4], atol=1e-5)
+    assert torch.allclose(state, s_full, atol=1e-5)
+
+
+def test_split_and_pack_state_round_trip():
+    cfg = ModelConfig(n_items=5, dim=4, n_layers=3, expand=2, conv_width=3)
+    state = torch.randn(2, cfg.state_size)
+    layers = split_state(state, cfg)
+    assert len(layers) == 3 and layers[1].conv.shape == (2, 2, 8) and layers[1].h.shape == (2, 8)
+    assert torch.equal(layers[0].h, state[:, 16:24])  # per layer: K-1 conv inputs, then h
+    assert torch.equal(pack_state(layers), state)
 
 
 def test_lambda_init_range():
