@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -133,29 +134,112 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     metrics_json: Annotated[Path | None, typer.Option(help="Also write the final metrics here as JSON.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(
+        help="Write resumable checkpoints here: every epoch end, every --save-every-min, on SIGTERM/SIGINT.")] = None,
+    save_every_min: Annotated[float, typer.Option(
+        help="Minutes between resumable checkpoints within an epoch (0: after every step).")] = 30.0,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue the run whose --checkpoint-dir this is, from its newest valid checkpoint.")] = None,
+    nproc: Annotated[int, typer.Option(
+        help="Train on this many local processes (DDP: gloo on CPU, NCCL on GPU); or start under torchrun.")] = 1,
+    ctx: typer.Context = None,
 ) -> None:
-    """Train RecBLR; the best-validation checkpoint is written to --out."""
+    """Train RecBLR; the best-validation checkpoint is written to --out. See docs/long-runs.md
+    (--checkpoint-dir, --resume) and docs/distributed-training.md (--nproc, torchrun)."""
     require_extra("recblr train")
-    _check_writable(out, "--out")
-    if metrics_json is not None:
-        _check_writable(metrics_json, "--metrics-json")
+    from recblr.distributed import launch, world_from_env
+
+    world = world_from_env()
+    if nproc < 1:
+        raise RecblrError(f"--nproc {nproc}: must be >= 1")
+    if nproc > 1 and not world.distributed:
+        raise typer.Exit(launch(nproc, _train_argv()))
+    if nproc > 1 and nproc != world.size:
+        raise RecblrError(f"--nproc {nproc}: this process is one of {world.size} started by torchrun; drop --nproc")
+    try:
+        _train(ctx)
+    except RecblrError as e:
+        if world.main:
+            raise
+        raise typer.Exit(e.exit_code) from None  # rank 0 reports it, once
+
+
+def _train_argv() -> list[str]:
+    """This command's arguments without --nproc, for the processes `--nproc` starts."""
+    args = sys.argv[1:]
+    if args[:1] == ["train"]:
+        args = args[1:]
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _train(ctx: typer.Context) -> None:
+    """`recblr train` once its processes are up: settings (from the command line, or from the
+    checkpoint being resumed), data, training, outputs."""
     from rich.console import Console
 
     from recblr.config import ModelConfig, TrainConfig
-    from recblr.data import load_dataset
+    from recblr.data import dataset_from_spec, load_dataset
+    from recblr.distributed import world_from_env
+    from recblr.resume import checkpoint_files, load_resume, settings_differences
     from recblr.train import train as run_training
 
-    cfg = TrainConfig(max_len=max_len, train_window=train_window,
-                      window_offsets=window_offsets.value, batch_size=batch_size, lr=lr,
-                      lambda_lr_scale=lambda_lr_scale, epochs=epochs, patience=patience,
-                      loss=loss.value, example_mode=example_mode.value, select_mode=select_mode.value,
-                      seed=seed, device=device)
-    console = Console(stderr=True)
-    d = load_dataset(data, fmt, min_count, user_col, item_col, time_col)
-    model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
-                            conv_width=conv_width, dropout=dropout)
-    console.print(f"{data}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions", highlight=False)
-    result = run_training(d, model_cfg, cfg, out, console)
+    console = Console(stderr=True, quiet=not world_from_env().main)  # rank 0 speaks for all
+    s = {k: (v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v) for k, v in ctx.params.items()}
+    given = {k: v for k, v in s.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    resume, state = s.pop("resume"), None
+    given.pop("resume", None)
+    if resume is None and s["checkpoint_dir"] is not None and checkpoint_files(Path(s["checkpoint_dir"])):
+        if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+            raise RecblrError(
+                f"--checkpoint-dir {s['checkpoint_dir']}: already holds a run's checkpoints; continue it with "
+                f"--resume {s['checkpoint_dir']} or pass an empty folder"
+            )
+        resume = s["checkpoint_dir"]  # torchrun restarted this group: continue without a human
+    if resume is not None:
+        state, path = load_resume(resume, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        saved = state["run"]["settings"]
+        differ = settings_differences(saved, given, {p.name: p.opts[0] for p in ctx.command.params if p.opts})
+        if differ:
+            raise RecblrError(
+                f"--resume {resume}: {'; '.join(differ)}; resume with the checkpoint's settings "
+                "(drop these options) or start a new run in another --checkpoint-dir"
+            )
+        s = {**saved, "checkpoint_dir": str(resume), **given}
+        console.print(f"resuming from {path} (epoch {state['epoch']}, step {state['ranks'][0]['tally']['steps']})",
+                      highlight=False, soft_wrap=True)
+    out = Path(s["out"])
+    metrics_json = None if s["metrics_json"] is None else Path(s["metrics_json"])
+    _check_writable(out, "--out")
+    if metrics_json is not None:
+        _check_writable(metrics_json, "--metrics-json")
+    cfg = TrainConfig(max_len=s["max_len"], train_window=s["train_window"], window_offsets=s["window_offsets"],
+                      batch_size=s["batch_size"], lr=s["lr"], lambda_lr_scale=s["lambda_lr_scale"],
+                      epochs=s["epochs"], patience=s["patience"], loss=s["loss"], example_mode=s["example_mode"],
+                      select_mode=s["select_mode"], seed=s["seed"], device=s["device"])
+    if state is not None and "data" not in given:
+        d = dataset_from_spec(state["run"]["data"])
+        if d is None:
+            raise RecblrError(f"--resume {resume}: its training data is not at hand ({state['run']['data'].get('path')} "
+                              "is gone or changed); pass --data")
+    else:
+        d = load_dataset(s["data"], s["fmt"], s["min_count"], s["user_col"], s["item_col"], s["time_col"])
+    model_cfg = ModelConfig(n_items=d.n_items, dim=s["dim"], n_layers=s["layers"], expand=s["expand"],
+                            conv_width=s["conv_width"], dropout=s["dropout"])
+    console.print(f"{s['data']}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions",
+                  highlight=False)
+    run = {"settings": s, "data": d.spec}
+    checkpoint_dir = None if s["checkpoint_dir"] is None else Path(s["checkpoint_dir"])
+    result = run_training(d, model_cfg, cfg, out, console, checkpoint_dir, s["save_every_min"], state, run)
+    if not result.metrics:  # a rank other than 0: rank 0 reports
+        return
     summary = {k: v for k, v in result.metrics.items() if k != "history"}
     console.print(f"saved {out} (best epoch {summary['best_epoch']})", highlight=False)
     typer.echo(json.dumps({"test": summary["test"]}, indent=2))

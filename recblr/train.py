@@ -9,9 +9,8 @@ without gradient), which is the state serving will have streamed.
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,12 +21,31 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from recblr import distributed
 from recblr.checkpoint import save_checkpoint
 from recblr.config import ModelConfig, TrainConfig
 from recblr.data import SequenceData
+from recblr.distributed import (
+    World,
+    all_sum,
+    any_rank,
+    from_main,
+    gather_to_main,
+    shard_batch,
+    world_from_env,
+)
 from recblr.errors import RecblrError
 from recblr.evaluate import evaluate, pad_right
 from recblr.model import RecBLR
+from recblr.resume import (
+    StopSignals,
+    capture_rng,
+    data_fingerprint,
+    numpy_generator,
+    numpy_state,
+    restore_rng,
+    save_resume,
+)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -191,30 +209,63 @@ def next_item_loss(
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@dataclass
+class EpochTally:
+    """How far an epoch has got: batches applied, summed loss and pairs. A resumed epoch carries
+    it on, so its mean loss adds up in the same order as without the interruption."""
+
+    steps: int = 0
+    loss_sum: float = 0.0
+    pairs: int = 0
+
+
 def train_epoch(
     model: RecBLR,
     opt: torch.optim.Optimizer,
-    batches: Iterable[Batch],
+    batches: list[Batch],
     loss_fn: LossFn,
     device: torch.device,
-    on_step: Callable[[], None] = lambda: None,
-) -> tuple[float, int]:
-    """One pass over `batches`; returns the mean loss per pair and the number of pairs."""
+    on_step: Callable[[EpochTally], bool] = lambda tally: False,
+    tally: EpochTally | None = None,
+    net: torch.nn.Module | None = None,
+    world: World = World(),
+) -> EpochTally:
+    """Apply `batches` from `tally.steps` on (a resumed epoch skips those already applied);
+    stops early when `on_step` returns True. Under DDP (`net` wraps `model`), each rank trains
+    its shard of every global batch, its loss scaled so the gradient average is the global mean."""
     model.train()
-    total_loss, total_pairs = 0.0, 0
-    for batch in batches:
+    tally = tally or EpochTally()
+    net = net or model
+    for batch in batches[tally.steps :]:
+        global_pairs = batch.n_pairs
+        if world.distributed:
+            batch = shard_batch(batch, world)
         items, lengths, targets = batch.to(device)
         state = carried_states(model, batch.context, device)
-        h, _ = model(items, state, lengths)
+        h, _ = net(items, state, lengths)
         trained = targets != 0
-        loss = loss_fn(h[trained], targets[trained])
+        loss = loss_fn(h[trained], targets[trained]) if batch.n_pairs else h.sum() * 0.0
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (batch.n_pairs * world.size / global_pairs) if world.distributed else loss).backward()
         opt.step()
-        total_loss += float(loss.detach()) * batch.n_pairs
-        total_pairs += batch.n_pairs
-        on_step()
-    return total_loss / max(1, total_pairs), total_pairs
+        tally.loss_sum += float(loss.detach()) * batch.n_pairs
+        tally.pairs += batch.n_pairs
+        tally.steps += 1
+        if on_step(tally):
+            break
+    return tally
+
+
+class TrainingStopped(RecblrError):
+    """SIGTERM/SIGINT stopped training (after writing a resumable checkpoint, given a folder)."""
+
+    def __init__(self, signal_name: str, checkpoint_dir: str | Path | None):
+        self.exit_code = 130 if signal_name == "SIGINT" else 143
+        if checkpoint_dir is None:
+            how = "nothing to resume from (train with --checkpoint-dir to make a run resumable)"
+        else:
+            how = f"resume with: recblr train --resume {checkpoint_dir}"
+        super().__init__(f"stopped by {signal_name}; {how}")
 
 
 @dataclass
@@ -245,39 +296,122 @@ def train(
     cfg: TrainConfig,
     out: str | Path | None = None,
     console: Console | None = None,
+    checkpoint_dir: str | Path | None = None,
+    save_every_min: float | None = None,
+    resume: dict | None = None,
+    run: dict | None = None,
 ) -> TrainResult:
-    """Train with early stopping; saves the best-validation checkpoint to `out` as it goes."""
+    """Train with early stopping; saves the best-validation checkpoint to `out` as it goes.
+
+    With `checkpoint_dir`, a resumable checkpoint (recblr.resume) is written at every epoch end,
+    every `save_every_min` minutes within an epoch (0: after every step) and on SIGTERM/SIGINT,
+    which then stop the run (`TrainingStopped`). `resume`, a state read back by
+    `recblr.resume.load_resume`, continues such a run exactly where it stopped; `run` is kept in
+    the checkpoint for the CLI (settings, data location). Started by torchrun or `--nproc`, every
+    rank runs this function; only rank 0 evaluates, logs and writes files.
+    """
     if model_cfg.n_items != data.n_items:
         raise ValueError("model_cfg.n_items must equal the data's catalog size")
     console = console or Console(stderr=True)
-    device = resolve_device(cfg.device)
+    world = world_from_env()
+    device = distributed.init(world, resolve_device(cfg.device))
+    if not world.main:
+        console.quiet = True
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + world.rank)
     model = RecBLR(model_cfg).to(device)
+    if world.rank > 0:
+        torch.manual_seed(cfg.seed + world.rank)  # each rank its own dropout masks
+    net = model
+    if world.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
     loss_fn = partial(next_item_loss, model, loss=cfg.loss, rng=gen)
     train_seqs = data.train_sequences()
     n_users = data.n_users
+    resumable = checkpoint_dir is not None or resume is not None
+    fingerprint = data_fingerprint(data.item_ids, data.user_ids, data.items, data.offsets) if resumable else ""
 
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
-    t_train = 0.0
-    with _progress(console) as progress:
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
+    t_train, steps_done, first_epoch, tally, epoch_rng, resumed_seconds = 0.0, 0, 1, None, numpy_state(rng), 0.0
+    if resume is not None:
+        if resume["data_fingerprint"] != fingerprint:
+            raise RecblrError("--resume: the prepared data differs from the checkpoint's (another file, "
+                              "filter or content); pass the data it was trained on")
+        n = len(resume["ranks"])
+        if n != world.size:
+            raise RecblrError(f"--resume: the checkpoint was written by {n} processes, this run has {world.size}; "
+                              f"resume with --nproc {n}")
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        restore_rng(resume["ranks"][world.rank]["rng"], gen)
+        tally = EpochTally(**resume["ranks"][world.rank]["tally"])
+        first_epoch, epoch_rng, resumed_seconds = resume["epoch"], resume["epoch_rng"], resume["epoch_seconds"]
+        best, best_epoch, bad, best_state = resume["best"], resume["best_epoch"], resume["bad"], resume["best_state"]
+        history, t_train, steps_done = resume["history"], resume["train_seconds"], resume["steps_done"]
+
+    def save(epoch: int, tally: EpochTally, epoch_seconds: float) -> None:
+        """Each rank's generators and running loss go to rank 0, which writes (a collective)."""
+        ranks = gather_to_main({"rng": capture_rng(gen), "tally": vars(tally).copy()}, world)
+        if world.main:
+            save_resume(checkpoint_dir, {
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "ranks": ranks, "epoch_rng": epoch_rng,
+                "epoch": epoch, "epoch_seconds": epoch_seconds,
+                "steps_done": steps_done, "best": best, "best_epoch": best_epoch, "bad": bad,
+                "best_state": best_state, "history": history, "train_seconds": t_train,
+                "model_config": model_cfg.to_dict(), "train_config": cfg.to_dict(),
+                "data_fingerprint": fingerprint, "run": dict(run or {}),
+            }, steps_done)
+
+    save_every_s = None if save_every_min is None else 60.0 * save_every_min
+    last_save = time.monotonic()
+    stopped = False
+    with _progress(console) as progress, StopSignals() as stop:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            if bad >= cfg.patience:  # a resumed run that had stopped early (and --patience not raised)
+                break
+            t0 = time.perf_counter() - resumed_seconds
+            rng = numpy_generator(epoch_rng)
             batches = epoch_batches(train_seqs, cfg, rng)
-            task = progress.add_task(f"epoch {epoch}", total=len(batches))
-            mean_loss, pairs = train_epoch(model, opt, batches, loss_fn, device,
-                                           on_step=lambda task=task: progress.advance(task))
+            tally = tally or EpochTally()
+            task = progress.add_task(f"epoch {epoch}", total=len(batches), completed=tally.steps)
+
+            def on_step(tally: EpochTally, epoch=epoch, task=task, t0=t0, n=len(batches)) -> bool:
+                nonlocal steps_done, last_save
+                steps_done += 1
+                progress.advance(task)
+                if tally.steps == n:
+                    return False  # the epoch's end saves and checks for a stop
+                due = (checkpoint_dir is not None and save_every_s is not None and world.main
+                       and time.monotonic() - last_save >= save_every_s)
+                stop_now, due = any_rank([stop.requested, due], world, device)
+                if checkpoint_dir is not None and (stop_now or due):
+                    save(epoch, tally, time.perf_counter() - t0)
+                    last_save = time.monotonic()
+                return stop_now
+
+            tally = train_epoch(model, opt, batches, loss_fn, device, on_step, tally, net, world)
+            if tally.steps < len(batches):
+                stopped = True
+                break
             progress.remove_task(task)
             seconds = time.perf_counter() - t0
+            resumed_seconds = 0.0
             t_train += seconds
+            loss_sum, pairs = all_sum([tally.loss_sum, tally.pairs], world, device)
+            mean_loss, pairs = loss_sum / max(1, pairs), int(pairs)
+            tally = None
 
-            vtask = progress.add_task("validating", total=n_users)
-            valid = evaluate(model, data, "valid", (cfg.select_mode,), cfg.max_len, cfg.eval_batch_size,
-                             progress=lambda n, vtask=vtask: progress.advance(vtask, n))
-            progress.remove_task(vtask)
-            score = valid[cfg.select_mode]["ndcg@10"]
+            score, valid = float("nan"), {}
+            if world.main:
+                vtask = progress.add_task("validating", total=n_users)
+                valid = evaluate(model, data, "valid", (cfg.select_mode,), cfg.max_len, cfg.eval_batch_size,
+                                 progress=lambda n, vtask=vtask: progress.advance(vtask, n))
+                progress.remove_task(vtask)
+                score = valid[cfg.select_mode]["ndcg@10"]
+            score = from_main(score, world, device)
             row = {"epoch": epoch, "loss": mean_loss, "valid_ndcg@10": score, "seconds": seconds, "pairs": pairs}
             history.append(row)
             improved = score > best
@@ -288,16 +422,27 @@ def train(
             )
             if improved:
                 best, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-                if out is not None:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if out is not None and world.main:
                     partial_metrics = {"best_epoch": epoch, "epochs": epoch, "valid": valid, "complete": False}
                     save_checkpoint(out, model, data.item_ids, data.user_ids, cfg.to_dict(), partial_metrics,
                                     data.spec)
             else:
                 bad += 1
-                if bad >= cfg.patience:
-                    console.print(f"early stop: no improvement for {cfg.patience} epochs", highlight=False)
-                    break
+            epoch_rng = numpy_state(rng)
+            if checkpoint_dir is not None:
+                save(epoch + 1, EpochTally(), 0.0)
+                last_save = time.monotonic()
+            if bad >= cfg.patience:
+                console.print(f"early stop: no improvement for {cfg.patience} epochs", highlight=False)
+                break
+            if any_rank([stop.requested], world, device)[0] and epoch < cfg.epochs:
+                stopped = True
+                break
+    if stopped:
+        raise TrainingStopped(stop.signal or "a signal to another rank", checkpoint_dir)
+    if not world.main:
+        return TrainResult(model.cpu(), {}, history)
 
     if best_state is None:
         raise RecblrError("no epoch gave a finite validation NDCG@10 (the loss diverged?); lower lr and retrain")
