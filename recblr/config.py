@@ -54,7 +54,9 @@ class TrainConfig:
     lambda_lr_scale: float = 1.0  # Lambda's learning rate is lr times this (1 = the paper's)
     epochs: int = 200
     patience: int = 10
-    loss: str = "ce"  # "ce" (full catalog) or "bpr" (one sampled negative)
+    loss: str = "ce"  # "ce" (full catalog), "bpr" (one sampled negative) or "sampled" (softmax)
+    negatives: int = 1024  # --loss sampled: negatives shared by each batch
+    sampler: str = "uniform"  # --loss sampled: "uniform" or "popularity" proposal
     example_mode: str = "sequence"  # "sequence" (whole windows) or "prefix" (paper ref code)
     select_mode: str = "stream"  # evaluation mode used for early stopping
     eval_batch_size: int = 4096

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -26,6 +25,7 @@ from recblr.config import ModelConfig, TrainConfig
 from recblr.data import SequenceData
 from recblr.errors import RecblrError
 from recblr.evaluate import evaluate, pad_right
+from recblr.losses import LOSSES, NegativeSampler, make_loss
 from recblr.model import RecBLR
 
 
@@ -101,18 +101,6 @@ def carried_states(
         state[rows] = s
         model.train(was_training)
     return state
-
-
-def next_item_loss(
-    model: RecBLR, h: torch.Tensor, targets: torch.Tensor, loss: str, rng: torch.Generator | None
-) -> torch.Tensor:
-    """Full-catalog cross-entropy, or BPR against one uniformly sampled negative."""
-    if loss == "ce":
-        return F.cross_entropy(model.item_scores(h), targets)
-    emb = model.item_emb.weight
-    neg = torch.randint(1, emb.shape[0], targets.shape, device=targets.device, generator=rng)
-    diff = (h * emb[targets]).sum(-1) - (h * emb[neg]).sum(-1)
-    return -F.logsigmoid(diff).mean()
 
 
 def _sequence_batches(
@@ -195,8 +183,8 @@ def train(
     console: Console | None = None,
 ) -> TrainResult:
     """Train with early stopping; saves the best-validation checkpoint to `out` as it goes."""
-    if cfg.loss not in ("ce", "bpr"):
-        raise RecblrError(f"--loss {cfg.loss!r}: use ce or bpr")
+    if cfg.loss not in LOSSES:
+        raise RecblrError(f"--loss {cfg.loss!r}: use one of {', '.join(LOSSES)}")
     if cfg.select_mode not in ("stream", "window"):
         raise RecblrError(f"select mode {cfg.select_mode!r}: use stream or window")
     if cfg.window_offsets not in ("fixed", "random"):
@@ -215,6 +203,10 @@ def train(
     model = RecBLR(model_cfg).to(device)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
     train_seqs = data.train_sequences()
+    sampler = None
+    if cfg.loss == "sampled":
+        sampler = NegativeSampler.build(cfg.sampler, data.n_items, train_seqs, device=device)
+    loss_fn = make_loss(cfg.loss, model.item_emb, gen, cfg.negatives, sampler)
     n_users = len(data.sequences)
 
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
@@ -228,7 +220,7 @@ def train(
             total_loss, total_pairs = 0.0, 0
             for run in batches:
                 h, tgts, n = run()
-                loss = next_item_loss(model, h, tgts, cfg.loss, gen)
+                loss = loss_fn(h, tgts)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
