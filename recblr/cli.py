@@ -27,6 +27,12 @@ app.add_typer(data_app, name="data")
 class Loss(str, Enum):
     ce = "ce"
     bpr = "bpr"
+    sampled = "sampled"
+
+
+class Sampler(str, Enum):
+    uniform = "uniform"
+    popularity = "popularity"
 
 
 class ExampleMode(str, Enum):
@@ -135,7 +141,12 @@ def train(
         help="Lambda (the per-channel decay floors) learns at lr times this; 1 is the paper's recipe.")] = 1.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs) on valid NDCG@10.")] = 10,
-    loss: Annotated[Loss, typer.Option(help="ce (full catalog) or bpr (one sampled negative).")] = Loss.ce,
+    loss: Annotated[Loss, typer.Option(
+        help="ce (full catalog), bpr (one sampled negative) or sampled (softmax over shared "
+        "negatives with log-Q correction, for large catalogs).")] = Loss.ce,
+    negatives: Annotated[int, typer.Option(help="--loss sampled: negatives shared by each batch.")] = 1024,
+    sampler: Annotated[Sampler, typer.Option(
+        help="--loss sampled: draw negatives uniformly or by item popularity.")] = Sampler.uniform,
     example_mode: Annotated[ExampleMode, typer.Option(help="sequence (whole windows) or prefix (one example per prefix).")] = ExampleMode.sequence,
     select_mode: Annotated[SelectMode, typer.Option(help="Evaluation mode for early stopping.")] = SelectMode.stream,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2024,
@@ -151,6 +162,7 @@ def train(
         ("--batch-size", batch_size, batch_size >= 1, ">= 1"), ("--lr", lr, lr > 0, "> 0"),
         ("--lambda-lr-scale", lambda_lr_scale, lambda_lr_scale > 0, "> 0"),
         ("--epochs", epochs, epochs >= 1, ">= 1"), ("--patience", patience, patience >= 1, ">= 1"),
+        ("--negatives", negatives, negatives >= 1, ">= 1"),
         ("--min-count", min_count, min_count >= 3, ">= 3 (leave-one-out needs 3 items per user)"),
     ]:
         if not ok:
@@ -172,7 +184,8 @@ def train(
     cfg = TrainConfig(max_len=max_len, train_window=train_window,
                       window_offsets=window_offsets.value, batch_size=batch_size, lr=lr,
                       lambda_lr_scale=lambda_lr_scale, epochs=epochs, patience=patience,
-                      loss=loss.value, example_mode=example_mode.value, select_mode=select_mode.value,
+                      loss=loss.value, negatives=negatives, sampler=sampler.value,
+                      example_mode=example_mode.value, select_mode=select_mode.value,
                       seed=seed, device=device)
     result = run_training(d, model_cfg, cfg, out, console)
     summary = {k: v for k, v in result.metrics.items() if k != "history"}
