@@ -57,8 +57,9 @@ def run_variant(name: str, steps: int) -> dict:
     import recblr.model
     from recblr.config import ModelConfig, TrainConfig
     from recblr.data import load_dataset
+    from recblr.losses import full_cross_entropy
     from recblr.model import RecBLR
-    from recblr.train import epoch_batches, next_item_loss
+    from recblr.train import epoch_batches
 
     if scan == "loop":
         recblr.model.bd_lru = loop_bd_lru
@@ -73,7 +74,7 @@ def run_variant(name: str, steps: int) -> dict:
     for i, run in enumerate(batches[: steps + 1]):
         t0 = time.perf_counter()
         h, tgts, n = run()
-        loss = next_item_loss(model, h, tgts, "ce", None)
+        loss = full_cross_entropy(h, tgts, model.item_emb.weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
