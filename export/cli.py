@@ -81,6 +81,17 @@ def export(
     ),
     verify_users: int = typer.Option(64, "--verify-users", help="Histories checked by --verify."),
     seed: int = typer.Option(0, "--seed", help="Which histories --verify picks."),
+    retrieval: str = typer.Option(
+        "exact", "--retrieval",
+        help="exact: the cell scores the whole catalog; ann: the cell outputs the user vector and "
+        "the runtime asks an HNSW index written beside it (<cell>.hnsw) for the top-K.",
+    ),
+    ann_m: int = typer.Option(16, "--ann-m", help="--retrieval ann: HNSW links per node (M)."),
+    ann_ef_construction: int = typer.Option(100, "--ann-ef-construction", help="--retrieval ann: build beam."),
+    ann_ef: int = typer.Option(128, "--ann-ef", help="--retrieval ann: search beam (higher: better recall, slower)."),
+    min_recall: float = typer.Option(
+        0.95, "--min-recall", help="--retrieval ann --verify: lowest recall@10 against exact top-10 accepted."
+    ),
 ) -> None:
     """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
     from recblr.checkpoint import load_checkpoint
@@ -95,9 +106,18 @@ def export(
     if fp16 and int8:
         raise RecblrError("--fp16 and --int8 exclude each other; pick one")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    if retrieval not in ("exact", "ann"):
+        raise RecblrError(f"--retrieval {retrieval!r}: use exact or ann")
+    if retrieval == "ann" and precision != "fp32":
+        raise RecblrError("--retrieval ann exports an fp32 cell; drop --fp16/--int8")
+    if not 0 < min_recall <= 1:
+        raise RecblrError(f"--min-recall {min_recall}: must be in (0, 1]")
     out = output if output is not None else checkpoint.parent / "cell.onnx"
     ckpt = load_checkpoint(checkpoint)
     k = min(top_k, ckpt.config.n_items)
+    if retrieval == "ann":
+        _export_ann(ckpt, out, k, opset, verify, verify_users, seed, ann_m, ann_ef_construction, ann_ef, min_recall)
+        return
 
     check = None
     summary: list[str] = []
@@ -126,6 +146,35 @@ def export(
     typer.echo(
         f"wrote {path} ({size / 1e6:.1f} MB; {ckpt.config.n_items} items, state {ckpt.config.state_size} "
         f"floats, top-{k}, opset {opset}, {precision})"
+    )
+    for line in summary:
+        typer.echo(line)
+
+
+def _export_ann(ckpt, out, k, opset, verify, n_users, seed, m, ef_construction, ef, min_recall) -> None:
+    from recblr.export.ann import export_retrieval, item_vectors, recall_at_10, user_vectors
+
+    summary: list[str] = []
+    check = None
+    if verify:
+        histories, source = _histories(ckpt, n_users, seed)
+
+        def check(ann) -> None:
+            recall = recall_at_10(ann, user_vectors(ckpt.model, histories), item_vectors(ckpt.model))
+            if recall < min_recall:
+                raise VerificationFailed(
+                    f"verification failed on {len(histories)} {source}: ANN recall@10 {recall:.3f} "
+                    f"against exact top-10 is below --min-recall {min_recall}; raise --ann-ef (now {ef}) "
+                    f"or --ann-m; {out} was not written"
+                )
+            summary.append(f"verified on {len(histories)} {source}: ANN recall@10 {recall:.3f} (>= {min_recall})")
+
+    path, build = export_retrieval(ckpt.model, ckpt.item_ids, out, top_k=k, opset=opset, m=m,
+                                   ef_construction=ef_construction, ef_search=ef, verify=check)
+    typer.echo(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; retrieval cell, {ckpt.config.n_items} items, "
+        f"top-{k}) and its HNSW index ({build.bytes_on_disk / 1e6:.1f} MB, M={m}, "
+        f"ef_construction={ef_construction}, ef={ef}, built in {build.seconds:.1f}s)"
     )
     for line in summary:
         typer.echo(line)
