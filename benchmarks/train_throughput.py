@@ -19,7 +19,6 @@ import resource
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,8 +57,9 @@ def run_variant(name: str, steps: int) -> dict:
     import recblr.model
     from recblr.config import ModelConfig, TrainConfig
     from recblr.data import load_dataset
+    from recblr.losses import make_loss
     from recblr.model import RecBLR
-    from recblr.train import epoch_batches, next_item_loss, train_epoch
+    from recblr.train import epoch_batches, train_epoch
 
     if scan == "loop":
         recblr.model.bd_lru = loop_bd_lru
@@ -70,7 +70,7 @@ def run_variant(name: str, steps: int) -> dict:
     cfg = TrainConfig(example_mode=mode)
     batches = epoch_batches(data.train_sequences(), cfg, np.random.default_rng(0))
     cpu = torch.device("cpu")
-    loss_fn = partial(next_item_loss, model, loss="ce", rng=None)
+    loss_fn = make_loss("ce", model.item_emb)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     train_epoch(model, opt, batches[:1], loss_fn, cpu)  # the first step warms up allocators and caches
     t0 = time.perf_counter()

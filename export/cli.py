@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 the exported cell failed verification (nothing written),
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -69,6 +70,11 @@ def _check_agreement(tmp_path, ckpt, histories, k, precision, source, out, summa
     summary.append(f"verified on {len(histories)} {source}: {precision} top-{n} agreement {agree:.3f}")
 
 
+class Retrieval(str, Enum):
+    exact = "exact"
+    ann = "ann"
+
+
 @app.command()
 @user_errors
 def export(
@@ -86,6 +92,14 @@ def export(
         "--verify", help="Check the cell against the PyTorch model before writing it.")] = False,
     verify_users: Annotated[int, typer.Option(help="Histories checked by --verify.")] = 64,
     seed: Annotated[int, typer.Option(help="Which histories --verify picks.")] = 0,
+    retrieval: Annotated[Retrieval, typer.Option(
+        help="exact: the cell scores the whole catalog; ann: the cell outputs the user vector and "
+        "the runtime asks an HNSW index written beside it (<cell>.hnsw) for the top-K.")] = Retrieval("exact"),
+    ann_m: Annotated[int, typer.Option(help="--retrieval ann: HNSW links per node (M).")] = 16,
+    ann_ef_construction: Annotated[int, typer.Option(help="--retrieval ann: build beam.")] = 100,
+    ann_ef: Annotated[int, typer.Option(help="--retrieval ann: search beam (higher: better recall, slower).")] = 128,
+    min_recall: Annotated[float, typer.Option(
+        help="--retrieval ann --verify: lowest recall@10 against exact top-10 accepted.")] = 0.95,
 ) -> None:
     """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
     from recblr.extras import require_extra
@@ -103,9 +117,17 @@ def export(
     if fp16 and int8:
         raise RecblrError("--fp16 and --int8 exclude each other; pick one")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    retrieval = retrieval.value
+    if retrieval == "ann" and precision != "fp32":
+        raise RecblrError("--retrieval ann exports an fp32 cell; drop --fp16/--int8")
+    if not 0 < min_recall <= 1:
+        raise RecblrError(f"--min-recall {min_recall}: must be in (0, 1]")
     out = output if output is not None else checkpoint.parent / "cell.onnx"
     ckpt = load_checkpoint(checkpoint)
     k = min(top_k, ckpt.config.n_items)
+    if retrieval == "ann":
+        _export_ann(ckpt, out, k, opset, verify, verify_users, seed, ann_m, ann_ef_construction, ann_ef, min_recall)
+        return
 
     check = None
     summary: list[str] = []
@@ -134,6 +156,35 @@ def export(
     typer.echo(
         f"wrote {path} ({size / 1e6:.1f} MB; {ckpt.config.n_items} items, state {ckpt.config.state_size} "
         f"floats, top-{k}, opset {opset}, {precision})"
+    )
+    for line in summary:
+        typer.echo(line)
+
+
+def _export_ann(ckpt, out, k, opset, verify, n_users, seed, m, ef_construction, ef, min_recall) -> None:
+    from recblr.export.ann import export_retrieval, item_vectors, recall_at_10, user_vectors
+
+    summary: list[str] = []
+    check = None
+    if verify:
+        histories, source = _histories(ckpt, n_users, seed)
+
+        def check(ann) -> None:
+            recall = recall_at_10(ann, user_vectors(ckpt.model, histories), item_vectors(ckpt.model))
+            if recall < min_recall:
+                raise VerificationFailed(
+                    f"verification failed on {len(histories)} {source}: ANN recall@10 {recall:.3f} "
+                    f"against exact top-10 is below --min-recall {min_recall}; raise --ann-ef (now {ef}) "
+                    f"or --ann-m; {out} was not written"
+                )
+            summary.append(f"verified on {len(histories)} {source}: ANN recall@10 {recall:.3f} (>= {min_recall})")
+
+    path, build = export_retrieval(ckpt.model, ckpt.item_ids, out, top_k=k, opset=opset, m=m,
+                                   ef_construction=ef_construction, ef_search=ef, verify=check)
+    typer.echo(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; retrieval cell, {ckpt.config.n_items} items, "
+        f"top-{k}) and its HNSW index ({build.bytes_on_disk / 1e6:.1f} MB, M={m}, "
+        f"ef_construction={ef_construction}, ef={ef}, built in {build.seconds:.1f}s)"
     )
     for line in summary:
         typer.echo(line)

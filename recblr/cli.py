@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from recblr.config import EXAMPLE_MODES, LOSSES, SELECT_MODES, WINDOW_OFFSETS
+from recblr.config import EXAMPLE_MODES, LOSSES, SAMPLERS, SELECT_MODES, WINDOW_OFFSETS
 from recblr.errors import RecblrError, user_errors
 from recblr.export.cli import export
 from recblr.extras import TRAIN_EXTRA_HINT, require_extra
@@ -39,6 +39,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 Loss = _choices("Loss", LOSSES)
+Sampler = _choices("Sampler", SAMPLERS)
 ExampleMode = _choices("ExampleMode", EXAMPLE_MODES)
 SelectMode = _choices("SelectMode", SELECT_MODES)
 WindowOffsets = _choices("WindowOffsets", WINDOW_OFFSETS)
@@ -128,7 +129,12 @@ def train(
         help="Lambda (the per-channel decay floors) learns at lr times this; 1 is the paper's recipe.")] = 1.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs) on valid NDCG@10.")] = 10,
-    loss: Annotated[Loss, typer.Option(help="ce (full catalog) or bpr (one sampled negative).")] = Loss("ce"),
+    loss: Annotated[Loss, typer.Option(
+        help="ce (full catalog), bpr (one sampled negative) or sampled (softmax over shared "
+        "negatives with log-Q correction, for large catalogs).")] = Loss("ce"),
+    negatives: Annotated[int, typer.Option(help="--loss sampled: negatives shared by each batch.")] = 1024,
+    sampler: Annotated[Sampler, typer.Option(
+        help="--loss sampled: draw negatives uniformly or by item popularity.")] = Sampler("uniform"),
     example_mode: Annotated[ExampleMode, typer.Option(help="sequence (whole windows) or prefix (one example per prefix).")] = ExampleMode("sequence"),
     select_mode: Annotated[SelectMode, typer.Option(help="Evaluation mode for early stopping.")] = SelectMode("stream"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2024,
@@ -222,7 +228,8 @@ def _train(ctx: typer.Context) -> None:
         _check_writable(metrics_json, "--metrics-json")
     cfg = TrainConfig(max_len=s["max_len"], train_window=s["train_window"], window_offsets=s["window_offsets"],
                       batch_size=s["batch_size"], lr=s["lr"], lambda_lr_scale=s["lambda_lr_scale"],
-                      epochs=s["epochs"], patience=s["patience"], loss=s["loss"], example_mode=s["example_mode"],
+                      epochs=s["epochs"], patience=s["patience"], loss=s["loss"], negatives=s["negatives"],
+                      sampler=s["sampler"], example_mode=s["example_mode"],
                       select_mode=s["select_mode"], seed=s["seed"], device=s["device"])
     if state is not None and "data" not in given:
         d = dataset_from_spec(state["run"]["data"])

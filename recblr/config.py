@@ -64,7 +64,8 @@ class ModelConfig:
         return cls(**d)
 
 
-LOSSES = ("ce", "bpr")
+LOSSES = ("ce", "bpr", "sampled")
+SAMPLERS = ("uniform", "popularity")
 EXAMPLE_MODES = ("sequence", "prefix")
 SELECT_MODES = ("stream", "window")
 WINDOW_OFFSETS = ("fixed", "random")
@@ -82,7 +83,9 @@ class TrainConfig:
     lambda_lr_scale: float = 1.0  # Lambda's learning rate is lr times this (1 = the paper's)
     epochs: int = 200
     patience: int = 10
-    loss: str = "ce"  # "ce" (full catalog) or "bpr" (one sampled negative)
+    loss: str = "ce"  # "ce" (full catalog), "bpr" (one sampled negative) or "sampled" (softmax)
+    negatives: int = 1024  # --loss sampled: negatives shared by each batch
+    sampler: str = "uniform"  # --loss sampled: "uniform" or "popularity" proposal
     example_mode: str = "sequence"  # "sequence" (whole windows) or "prefix" (paper ref code)
     select_mode: str = "stream"  # evaluation mode used for early stopping
     eval_batch_size: int = 4096
@@ -97,6 +100,8 @@ class TrainConfig:
         _require(self.lr > 0, "lr", self.lr, "> 0")
         _require(self.lambda_lr_scale > 0, "lambda_lr_scale", self.lambda_lr_scale, "> 0")
         _one_of("loss", self.loss, LOSSES)
+        _require(self.negatives >= 1, "negatives", self.negatives, ">= 1")
+        _one_of("sampler", self.sampler, SAMPLERS)
         _one_of("example_mode", self.example_mode, EXAMPLE_MODES)
         _one_of("select_mode", self.select_mode, SELECT_MODES)
         _one_of("window_offsets", self.window_offsets, WINDOW_OFFSETS)

@@ -6,6 +6,10 @@ items scoring strictly higher than the target, so a tie is resolved in the targe
 (with float32 scores of a trained model exact ties are rare; the rule is fixed so results
 are reproducible across backends).
 
+Scores are never held for the whole catalog at once: `chunked_ranks` walks the item table in
+chunks sized so that one (users x chunk) block stays under a fixed number of floats, so the
+peak memory of a ranking is independent of the catalog size beyond the embeddings themselves.
+
 Two modes: `window` feeds the last max_len history items from the zero state (the paper's
 protocol); `stream` feeds the whole history through the recurrence, as serving does.
 """
@@ -20,12 +24,50 @@ from recblr.model import RecBLR
 
 KS = (10, 20)
 MODES = ("window", "stream")
+SCORE_BLOCK = 1 << 22  # floats in one (users x items) block of scores: 16 MB
 
 
 def ranks_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1-based rank of each row's target among the row's scores (ties favour the target)."""
     target_scores = scores.gather(1, targets.view(-1, 1))
     return (scores > target_scores).sum(dim=1) + 1
+
+
+def _score_block(h: torch.Tensor, emb: torch.Tensor, start: int) -> torch.Tensor:
+    """Scores of emb rows start.. for h; the padding row 0 gets -inf."""
+    block = h @ emb.t()
+    if start == 0:
+        block[:, 0] = float("-inf")
+    return block
+
+
+def chunked_ranks(
+    h: torch.Tensor, emb: torch.Tensor, targets: torch.Tensor, block: int = SCORE_BLOCK
+) -> torch.Tensor:
+    """`ranks_of_targets(h @ emb.T with padding at -inf, targets)` without the full matrix.
+
+    A target's own score is read from the same chunk-shaped product that scores its chunk,
+    and its own column is never counted, so ties follow the rule of `ranks_of_targets`.
+    """
+    n_rows = emb.shape[0]
+    chunk = max(1, block // max(1, h.shape[0]))
+    targets = targets.view(-1)
+    own = torch.empty(h.shape[0], dtype=h.dtype, device=h.device)
+    higher = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+    rows = torch.arange(h.shape[0], device=h.device)
+    for start in range(0, n_rows, chunk):
+        inside = (targets >= start) & (targets < start + chunk)
+        if inside.any():
+            r = rows[inside]
+            sub = _score_block(h[r], emb[start : start + chunk], start)
+            own[r] = sub.gather(1, (targets[r] - start).view(-1, 1)).squeeze(1)
+    for start in range(0, n_rows, chunk):
+        scores = _score_block(h, emb[start : start + chunk], start)
+        inside = (targets >= start) & (targets < start + chunk)
+        r = rows[inside]
+        scores[r, targets[r] - start] = float("-inf")
+        higher += (scores > own.view(-1, 1)).sum(dim=1)
+    return higher + 1
 
 
 def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
@@ -78,8 +120,9 @@ def history_ranks(
     batch_size: int = 4096,
     max_tokens: int = 1 << 16,
     progress=None,
+    block: int = SCORE_BLOCK,
 ) -> np.ndarray:
-    """Rank of each target given its history, in `window` or `stream` mode."""
+    """Rank of each target given its history, in `window` or `stream` mode (chunked over items)."""
     if mode not in MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; use one of {MODES}")
     was_training = model.training
@@ -90,9 +133,9 @@ def history_ranks(
     ranks = np.zeros(len(histories), dtype=np.int64)
     for batch in _batches([len(h) for h in histories], batch_size, max_tokens):
         items, lengths = pad_right([histories[i] for i in batch], device)
-        scores = model.item_scores(model.last_hidden(items, lengths))
+        h = model.last_hidden(items, lengths)
         tgt = torch.as_tensor(targets[batch], device=device)
-        ranks[batch] = ranks_of_targets(scores, tgt).cpu().numpy()
+        ranks[batch] = chunked_ranks(h, model.item_emb.weight, tgt, block).cpu().numpy()
         if progress is not None:
             progress(len(batch))
     model.train(was_training)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -36,6 +34,7 @@ from recblr.distributed import (
 )
 from recblr.errors import RecblrError
 from recblr.evaluate import evaluate, pad_right
+from recblr.losses import LossFn, NegativeSampler, make_loss
 from recblr.model import RecBLR
 from recblr.resume import (
     StopSignals,
@@ -194,19 +193,6 @@ def carried_states(model: RecBLR, context: list[np.ndarray], device: torch.devic
     return state
 
 
-def next_item_loss(
-    model: RecBLR, h: torch.Tensor, targets: torch.Tensor, loss: str, rng: torch.Generator | None
-) -> torch.Tensor:
-    """Full-catalog cross-entropy, or BPR against one uniformly sampled negative."""
-    if loss == "ce":
-        return F.cross_entropy(model.item_scores(h), targets)
-    emb = model.item_emb.weight
-    neg = torch.randint(1, emb.shape[0], targets.shape, device=targets.device, generator=rng)
-    diff = (h * emb[targets]).sum(-1) - (h * emb[neg]).sum(-1)
-    return -F.logsigmoid(diff).mean()
-
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -327,7 +313,10 @@ def train(
     if world.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
-    loss_fn = partial(next_item_loss, model, loss=cfg.loss, rng=gen)
+    sampler = None
+    if cfg.loss == "sampled":
+        sampler = NegativeSampler.build(cfg.sampler, data.n_items, data.train_sequences(), device=device)
+    loss_fn = make_loss(cfg.loss, model.item_emb, gen, cfg.negatives, sampler)
     train_seqs = data.train_sequences()
     n_users = data.n_users
     resumable = checkpoint_dir is not None or resume is not None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recblr.runtime import contract as C
+from recblr.runtime.ann import OUTPUT_USER_VECTOR, retrieval_for
 from recblr.runtime.cell import CellInfo, open_cell
 from recblr.runtime.errors import (
     BadEvent,
@@ -149,6 +150,7 @@ class Engine:
                 f"{exclude_seen + info.top_k} items, and the cell has {info.n_items}: lower "
                 f"--exclude-seen to at most {info.n_items - info.top_k}"
             )
+        self._ann = retrieval_for(self.session, self.info, threads)  # None: the cell scores itself
         self.store: StateStore = store if store is not None else MemoryStore()
         self.exclude_seen = exclude_seen
         self.keep_history = max(keep_history, exclude_seen)
@@ -208,6 +210,12 @@ class Engine:
     # ----------------------------------------------------------------- low level
     def _run(self, item: np.ndarray, state: np.ndarray, exclude: np.ndarray):
         self.stats.ort_calls += 1
+        if self._ann is not None:
+            ns, vec = self.session.run(
+                [C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR], {C.INPUT_ITEM: item, C.INPUT_STATE: state}
+            )
+            ti, ts = self._ann(vec, exclude, self.top_k)
+            return ns, ti, ts
         ns, ti, ts = self.session.run(
             [C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
             {C.INPUT_ITEM: item, C.INPUT_STATE: state, C.INPUT_EXCLUDE: exclude},
