@@ -161,7 +161,8 @@ def feed(path: Path, steps: int) -> dict:
     """One training epoch's data feed against its compute, on the prepared file: the feed is
     the epoch's windows and batches plus each batch's slicing and padding; the compute is
     the rest of a step (carried state, forward, loss, backward, Adam). Compute is timed on
-    `steps` batches and scaled to the epoch (CPU, one thread)."""
+    `steps` batches and scaled to the epoch (CPU, one thread). The same batches are also cut
+    with `SequenceData.windows` (one gather from the CSR arrays) and checked equal."""
     import numpy as np
     import torch
 
@@ -184,13 +185,19 @@ def feed(path: Path, steps: int) -> dict:
     windows = sequence_windows(seqs, cfg.max_len)
     batches = length_batches(np.array([w[2] for w in windows]), cfg.batch_size, rng)
     plan = time.perf_counter() - t
-    pad_s, step_s = [], []
+    pad_s, csr_s, step_s = [], [], []
     for batch in batches[:steps]:
         t = time.perf_counter()
         ws = [windows[i] for i in batch]
         items, lens = pad_right([seqs[u][s : s + n] for u, s, n in ws])
         tgts, _ = pad_right([seqs[u][s + 1 : s + n + 1] for u, s, n in ws])
         pad_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        starts = d.offsets[[u for u, _, _ in ws]] + [s for _, s, _ in ws]
+        lengths = np.array([n for _, _, n in ws])
+        csr = d.windows(starts, lengths), d.windows(starts + 1, lengths)
+        csr_s.append(time.perf_counter() - t)
+        assert np.array_equal(csr[0], items.numpy()) and np.array_equal(csr[1], tgts.numpy())
         t = time.perf_counter()
         state = carried_states(model, [seqs[u] for u, _, _ in ws], [s for _, s, _ in ws], torch.device("cpu"))
         h, _ = model(items, state, lens)
@@ -205,6 +212,7 @@ def feed(path: Path, steps: int) -> dict:
     compute_epoch = n_batches * float(np.mean(step_s))
     return {"file": path.name, "prepare_seconds": prepare, "batches": n_batches, "timed_batches": len(step_s),
             "plan_seconds": plan, "pad_seconds_per_batch": float(np.mean(pad_s)),
+            "csr_windows_seconds_per_batch": float(np.mean(csr_s)),
             "compute_seconds_per_batch": float(np.mean(step_s)), "feed_epoch_seconds": feed_epoch,
             "compute_epoch_seconds_estimate": compute_epoch, "feed_share": feed_epoch / (feed_epoch + compute_epoch),
             "model": ModelConfig(n_items=d.n_items).to_dict(), "batch_size": cfg.batch_size, "max_len": cfg.max_len}

@@ -71,6 +71,16 @@ class SequenceData:
             raise ValueError(f"unknown split {split!r}")
         return self.items[self.bounds(split)[1]]
 
+    def windows(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Right-padded (B, max(lengths)) int64 matrix of `items[starts[b] : starts[b] + lengths[b]]`
+        (0 = padding): a batch's inputs in one gather, no per-row Python loop."""
+        starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+        width = max(1, int(lengths.max())) if len(lengths) else 1
+        cols = np.arange(width, dtype=np.int64)
+        inside = cols < lengths[:, None]
+        idx = np.where(inside, starts[:, None] + cols, 0)
+        return np.where(inside, self.items[idx], 0)
+
     @cached_property
     def sequences(self) -> list[np.ndarray]:
         """Each user's whole sequence (views into `items`)."""

@@ -48,6 +48,10 @@ def test_csr_accessors_agree_with_the_lists(small_inter: Path):
         starts, ends = d.bounds(split)
         assert all(np.array_equal(d.items[s:e], v) for s, e, v in zip(starts, ends, views, strict=True))
     assert np.array_equal(d.targets("test"), [s[-1] for s in d.sequences])
+    starts, lengths = d.offsets[[3, 0, 7]] + [2, 0, 1], np.array([4, 1, 0])
+    w = d.windows(starts, lengths)
+    assert w.shape == (3, 4) and w.dtype == np.int64
+    assert list(w[0]) == list(d.sequences[3][2:6]) and list(w[1]) == [d.sequences[0][0], 0, 0, 0] and not w[2].any()
     assert np.array_equal(d.targets("valid"), [s[-2] for s in d.sequences])
 
 
