@@ -428,6 +428,7 @@ def train(
             if any_rank([stop.requested], world, device)[0] and epoch < cfg.epochs:
                 stopped = True
                 break
+    distributed.shutdown(world)  # the last collective is behind us: rank 0 alone evaluates and saves
     if stopped:
         raise TrainingStopped(stop.signal or "a signal to another rank", checkpoint_dir)
     if not world.main:
