@@ -185,7 +185,8 @@ class App:
         except asyncio.CancelledError:
             if token not in self._timed_out:
                 raise
-            task.uncancel()
+            if hasattr(task, "uncancel"):  # Python 3.11+: the cancel was ours, not a shutdown's
+                task.uncancel()
             raise BodyTimeout(
                 f"the request body did not arrive within {self.settings.body_timeout_s:g} s; "
                 "nothing was applied"
@@ -444,9 +445,8 @@ class App:
         async def read_lines() -> None:
             while True:
                 try:
-                    async with asyncio.timeout(s.body_timeout_s):
-                        msg = await receive()
-                except TimeoutError:
+                    msg = await asyncio.wait_for(receive(), s.body_timeout_s)
+                except asyncio.TimeoutError:
                     e = BodyTimeout(
                         f"no data for {s.body_timeout_s:g} s; lines after "
                         f"{lines.lineno} were not applied"
