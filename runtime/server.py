@@ -60,9 +60,8 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 
 
-class MethodNotAllowed(RuntimeUserError):
-    status = 405
-    code = "http_405"
+class MethodNotAllowed(RuntimeUserError, status=405, code="http_405"):
+    """A route asked with a method it does not answer; `allow` lists the ones it does."""
 
     def __init__(self, allowed: list[str]):
         super().__init__(f"Method Not Allowed (use {', '.join(allowed)})")
