@@ -60,9 +60,8 @@ _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
 
 
-class MethodNotAllowed(RuntimeUserError):
-    status = 405
-    code = "http_405"
+class MethodNotAllowed(RuntimeUserError, status=405, code="http_405"):
+    """A route asked with a method it does not answer; `allow` lists the ones it does."""
 
     def __init__(self, allowed: list[str]):
         super().__init__(f"Method Not Allowed (use {', '.join(allowed)})")
@@ -185,7 +184,8 @@ class App:
         except asyncio.CancelledError:
             if token not in self._timed_out:
                 raise
-            task.uncancel()
+            if hasattr(task, "uncancel"):  # Python 3.11+: the cancel was ours, not a shutdown's
+                task.uncancel()
             raise BodyTimeout(
                 f"the request body did not arrive within {self.settings.body_timeout_s:g} s; "
                 "nothing was applied"
@@ -444,9 +444,8 @@ class App:
         async def read_lines() -> None:
             while True:
                 try:
-                    async with asyncio.timeout(s.body_timeout_s):
-                        msg = await receive()
-                except TimeoutError:
+                    msg = await asyncio.wait_for(receive(), s.body_timeout_s)
+                except asyncio.TimeoutError:
                     e = BodyTimeout(
                         f"no data for {s.body_timeout_s:g} s; lines after "
                         f"{lines.lineno} were not applied"

@@ -53,11 +53,8 @@ class UserState:
     top_scores: np.ndarray | None = None  # float32 [K]
 
 
-class StoreError(RuntimeUserError):
+class StoreError(RuntimeUserError, status=503, code="store_unavailable"):
     """The state store cannot be opened or used as configured."""
-
-    status = 503
-    code = "store_unavailable"
 
 
 class StateStore(Protocol):

@@ -288,14 +288,15 @@ def test_stdin_answers_are_utf8_whatever_the_locale(cell, tmp_path):
 def test_stdin_mode_needs_no_http_stack(cell, tmp_path):
     """--stdin imports the engine and the JSON parser, not the HTTP server (#12.5)."""
     code = (
-        "import sys, io, os; from recblr.runtime.cli import serve_main;"
-        "serve_main(sys.argv[1:]);"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn')"
-        " or m == 'recblr.runtime.server'];"
-        "print('loaded:', bad, file=sys.stderr)"
+        "import atexit, sys; from recblr.runtime.cli import serve_main;"
+        "atexit.register(lambda: print('loaded:', [m for m in sys.modules"
+        " if m.split('.')[0] in ('starlette', 'uvicorn') or m == 'recblr.runtime.server'],"
+        " file=sys.stderr));"
+        "serve_main(sys.argv[1:])"
     )
     p = subprocess.run(
         [sys.executable, "-c", code, "--onnx", str(cell), "--store", "memory", "--stdin"],
         input='{"user": "a", "item": "1001"}\n', capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert p.returncode == 0 and "loaded: []" in p.stderr, p.stderr
+    assert json.loads(p.stdout)["user"] == "a"
