@@ -19,7 +19,6 @@ __all__ = [
     "create_app",
     "open_store",
     "score_histories",
-    "score_pandas",
 ]
 
 
@@ -28,7 +27,7 @@ def __getattr__(name):  # lazy: the server and scoring pull in uvicorn / rich
         from recblr.runtime.server import create_app
 
         return create_app
-    if name in ("score_histories", "score_pandas"):
+    if name == "score_histories":
         from recblr.runtime import score
 
         return getattr(score, name)

@@ -3,8 +3,8 @@
 The same code serves three callers:
 - `recblr score` (files: jsonl histories or an interactions CSV/TSV grouped per user),
 - `score_histories` (any iterable of (user, items)),
-- `score_pandas` (an iterator of pandas DataFrames -> iterator of DataFrames), which is the
-  function signature Spark `mapInPandas`, Ray `map_batches` and Dask `map_partitions` expect.
+- `recblr.runtime.frames` (pandas frames inside Spark `mapInPandas`, Dask `map_partitions`,
+  Ray `map_batches`, with one engine per worker process).
 
 Histories of a chunk are stepped through the cell together: one ORT call of the full cell
 per position, holding every user of the chunk whose history is still that long.
@@ -19,7 +19,6 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ import numpy as np
 from recblr.runtime import jsonio
 from recblr.runtime.engine import Engine
 from recblr.runtime.errors import RuntimeUserError, UnknownItem
-from recblr.runtime.store import MemoryStore
 
 USER_COLS = ("user", "user_id", "userId", "uid", "userid")
 ITEM_COLS = ("item", "item_id", "itemId", "movieId", "iid", "itemid")
@@ -304,47 +302,6 @@ def _output_mode(p: Path) -> int:
         mask = os.umask(0)
         os.umask(mask)
         return 0o666 & ~mask
-
-
-# ----------------------------------------------------------------------------- pandas
-@lru_cache(maxsize=4)
-def cached_engine(onnx_path: str, providers: str = "auto", exclude_seen: int = 0) -> Engine:
-    """One engine per (process, cell): what a Spark/Ray/Dask worker should reuse."""
-    return Engine(onnx_path, providers=providers, store=MemoryStore(1), exclude_seen=exclude_seen)
-
-
-def score_pandas(
-    batches: Iterable,
-    onnx_path: str,
-    k: int | None = None,
-    user_col: str = "user",
-    items_col: str = "items",
-    unknown_items: str = "skip",
-    providers: str = "auto",
-    exclude_seen: int = 0,
-    chunk_size: int = 1024,
-) -> Iterator:
-    """Iterator of DataFrames [user, items (list/array of ids)] -> DataFrames [user, items, scores].
-
-    pandas is imported here only. Usable as-is with Spark `df.mapInPandas(fn, schema)`, Ray
-    `ds.map_batches(fn, batch_format="pandas")` (one batch) or Dask `map_partitions`.
-    """
-    import pandas as pd
-
-    engine = cached_engine(str(onnx_path), providers, exclude_seen)
-    for df in batches:
-        hist = (
-            (u, [str(x) for x in (items if items is not None else [])])
-            for u, items in zip(df[user_col].tolist(), df[items_col].tolist(), strict=False)
-        )
-        out = list(score_histories(engine, hist, k, chunk_size, policy=unknown_items))
-        yield pd.DataFrame(
-            {
-                user_col: [u for u, _, _ in out],
-                "items": [i for _, i, _ in out],
-                "scores": [s for _, _, s in out],
-            }
-        )
 
 
 def score_file(

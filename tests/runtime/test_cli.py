@@ -188,17 +188,6 @@ def test_score_cli_jsonl_and_tsv(cell, tmp_path, replay_fn):
     assert p.returncode == 2 and "1..10" in p.stderr
 
 
-def test_score_pandas(cell, replay_fn):
-    pd = pytest.importorskip("pandas")
-    from recblr.runtime.score import score_pandas
-
-    df = pd.DataFrame({"user": ["a", "b"], "items": [["1001", "1002"], ["1003", "bogus"]]})
-    out = pd.concat(list(score_pandas(iter([df, df.iloc[:1]]), str(cell), k=4)))
-    assert list(out["user"]) == ["a", "b", "a"]
-    assert list(out["items"].iloc[0]) == replay_fn(cell, ["1001", "1002"])[1][:4]
-    assert list(out["items"].iloc[1]) == replay_fn(cell, ["1003"])[1][:4]  # unknown skipped
-
-
 def test_score_bad_input_is_one_line_and_keeps_the_previous_output(cell, tmp_path):
     out = tmp_path / "recs.jsonl"
     out.write_text("previous\n")
