@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from recblr.runtime import contract as C
+from recblr.runtime.ann import OUTPUT_USER_VECTOR, is_retrieval_cell
 from recblr.runtime.errors import CellError
 
 log = logging.getLogger("recblr.runtime")
@@ -192,6 +193,8 @@ def open_cell(path: str | os.PathLike, providers="auto", threads: int | None = N
     names_out = {o.name for o in sess.get_outputs()}
     need_in = {C.INPUT_ITEM, C.INPUT_STATE, C.INPUT_EXCLUDE}
     need_out = {C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES}
+    if is_retrieval_cell(meta):  # scores in the index beside it (recblr.runtime.ann)
+        need_in, need_out = {C.INPUT_ITEM, C.INPUT_STATE}, {C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR}
     if not need_in <= names_in or not need_out <= names_out:
         raise CellError(
             f"{p}: cell graph lacks inputs {sorted(need_in - names_in)} / outputs "

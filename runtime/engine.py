@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recblr.runtime import contract as C
+from recblr.runtime.ann import OUTPUT_USER_VECTOR, retrieval_for
 from recblr.runtime.cell import CellInfo, open_cell
 from recblr.runtime.errors import BadEvent, NonFiniteOutput, UnknownItem, UnknownUser
 from recblr.runtime.store import MemoryStore, StateStore, UserState
@@ -126,6 +127,7 @@ class Engine:
         if exclude_seen < 0:
             raise BadEvent("exclude_seen must be >= 0")
         self.session, self.info, self.providers = open_cell(onnx_path, providers, threads)
+        self._ann = retrieval_for(self.session, self.info, threads)  # None: the cell scores itself
         self.store: StateStore = store if store is not None else MemoryStore()
         self.exclude_seen = exclude_seen
         self.unknown_items = unknown_items
@@ -185,6 +187,12 @@ class Engine:
     # ----------------------------------------------------------------- low level
     def _run(self, item: np.ndarray, state: np.ndarray, exclude: np.ndarray):
         self.stats.ort_calls += 1
+        if self._ann is not None:
+            ns, vec = self.session.run(
+                [C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR], {C.INPUT_ITEM: item, C.INPUT_STATE: state}
+            )
+            ti, ts = self._ann(vec, exclude, self.top_k)
+            return ns, ti, ts
         ns, ti, ts = self.session.run(
             [C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
             {C.INPUT_ITEM: item, C.INPUT_STATE: state, C.INPUT_EXCLUDE: exclude},
