@@ -102,7 +102,10 @@ def item_vectors(model: RecBLR) -> np.ndarray:
 def build_index(vectors: np.ndarray, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
                 threads: int = -1):
     """An inner-product hnswlib index of `vectors`, labelled 1..n (the internal item ids)."""
-    import hnswlib
+    try:
+        import hnswlib
+    except ImportError:
+        raise RecblrError("--retrieval ann needs hnswlib; pip install 'recblr[ann]'") from None
 
     n, dim = vectors.shape
     index = hnswlib.Index(space="ip", dim=dim)

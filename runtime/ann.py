@@ -92,7 +92,12 @@ class AnnTopK:
         threads: int | None = None,
     ) -> AnnTopK:
         """Load the index beside `cell_path`; CellError when it is missing or not this cell's."""
-        import hnswlib
+        try:
+            import hnswlib
+        except ImportError:
+            raise CellError(
+                f"{cell_path}: a --retrieval ann cell needs hnswlib; pip install 'recblr[ann]'"
+            ) from None
 
         index_path, info_path = index_paths(cell_path)
         info = read_index_info(info_path)
