@@ -102,6 +102,7 @@ def _check_writable(path: Path, flag: str) -> None:
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: DataOpt = "ml-100k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the checkpoint.")] = Path("model.pt"),
     fmt: FormatOpt = "auto",
@@ -131,6 +132,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     metrics_json: Annotated[Path | None, typer.Option(help="Also write the final metrics here as JSON.")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Warm start from this model.pt: its items keep their ids and embeddings, new items "
+        "are appended; its architecture is used (--dim etc. must agree if given).")] = None,
 ) -> None:
     """Train RecBLR; the best-validation checkpoint is written to --out."""
     require_extra("recblr train")
@@ -152,8 +156,16 @@ def train(
     d = load_dataset(data, fmt, min_count, user_col, item_col, time_col)
     model_cfg = ModelConfig(n_items=d.n_items, dim=dim, n_layers=layers, expand=expand,
                             conv_width=conv_width, dropout=dropout)
+    init = None
+    if init_from is not None:
+        from recblr.warm_start import ARCHITECTURE, prepare
+
+        names = {"dim": "dim", "n_layers": "layers", "expand": "expand", "conv_width": "conv_width"}
+        explicit = {f for f in ARCHITECTURE
+                    if ctx.get_parameter_source(names[f]).name not in ("DEFAULT", "DEFAULT_MAP")}
+        d, model_cfg, init = prepare(init_from, d, model_cfg, explicit, seed)
     console.print(f"{data}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions", highlight=False)
-    result = run_training(d, model_cfg, cfg, out, console)
+    result = run_training(d, model_cfg, cfg, out, console, init=init)
     summary = {k: v for k, v in result.metrics.items() if k != "history"}
     console.print(f"saved {out} (best epoch {summary['best_epoch']})", highlight=False)
     typer.echo(json.dumps({"test": summary["test"]}, indent=2))

@@ -245,8 +245,10 @@ def train(
     cfg: TrainConfig,
     out: str | Path | None = None,
     console: Console | None = None,
+    init: RecBLR | None = None,
 ) -> TrainResult:
-    """Train with early stopping; saves the best-validation checkpoint to `out` as it goes."""
+    """Train with early stopping; saves the best-validation checkpoint to `out` as it goes.
+    `init`: start from these weights (a warm start, `recblr.warm_start`) instead of fresh ones."""
     if model_cfg.n_items != data.n_items:
         raise ValueError("model_cfg.n_items must equal the data's catalog size")
     console = console or Console(stderr=True)
@@ -254,7 +256,7 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    model = RecBLR(model_cfg).to(device)
+    model = (init if init is not None else RecBLR(model_cfg)).to(device)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
     loss_fn = partial(next_item_loss, model, loss=cfg.loss, rng=gen)
     train_seqs = data.train_sequences()
