@@ -192,3 +192,21 @@ def test_swap_between_replay_slices_restarts_the_replay(cells, grown, replay_fn)
     want, top, _ = replay_fn(grown, hist)
     np.testing.assert_allclose(eng.get_state("u").state, want, rtol=1e-4, atol=1e-5)
     assert r.items == top and r.cell == eng.info.short_hash
+
+
+def test_read_migrates_lazily_keeping_seq_and_counting_skipped_items(cells, grown, replay_fn):
+    """A restart on another cell: the first read replays the stored history (GONE skipped)."""
+    store = MemoryStore()
+    a = Engine(cells["a"], providers="cpu", store=store)
+    hist = ["1001", GONE, "1002", "1003"]
+    a.step(["u"] * 4, hist, seqs=[1, 2, 3, 4])
+    b = Engine(grown, providers="cpu", store=store)
+    r = b.recommend("u")
+    kept = [x for x in hist if x != GONE]
+    want, top, _ = replay_fn(grown, kept)
+    assert r.items == top and r.seq == 4 and r.cell == b.info.short_hash
+    st = store.get_many(["u"])["u"]
+    assert st.cell == b.state_key and st.seq == 4 and st.recent == hist and st.n == 3
+    np.testing.assert_allclose(st.state, want, rtol=1e-4, atol=1e-5)
+    assert b.stats.users_migrated == 1 and b.stats.migration_items_skipped == 1
+    assert b.step(["u"], ["1004"], seqs=[4])[0].reason == "duplicate"  # seq survived
