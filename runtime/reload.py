@@ -171,9 +171,13 @@ class Reloader:
         t0 = time.perf_counter()
         cursor: int | str = 0
         while True:
-            cursor, users = await asyncio.to_thread(store.scan, cursor, self.SWEEP_SLICE)
-            if users:
-                await batcher.call(lambda u=users: engine.migrate(u))
+            try:
+                cursor, users = await asyncio.to_thread(store.scan, cursor, self.SWEEP_SLICE)
+                if users:
+                    await batcher.call(lambda u=users: engine.migrate(u))
+            except RuntimeUserError as e:  # e.g. the store went away: users migrate lazily
+                print(f"recblr-serve: migration sweep stopped: {e}", file=sys.stderr)
+                return
             self.swept += len(users)
             self.pending = max(0, self.pending - len(users))
             if cursor == 0:
