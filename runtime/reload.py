@@ -54,8 +54,8 @@ class AdminForbidden(RuntimeUserError):
 class Reloader:
     """Owns cell changes of one server: the reload itself, the sweep, and their counters."""
 
-    SWEEP_SLICE = 32  # users migrated per batcher turn
-    YIELD_S = 0.002  # how long the sweep steps aside while live events are waiting
+    SWEEP_SLICE = 8  # users migrated per batcher turn (a turn replays their whole histories)
+    SWEEP_SHARE = 0.25  # the most of the engine's time the sweep takes while events flow
 
     def __init__(self, engine: Engine, batcher: MicroBatcher, metrics: Metrics, admin: str):
         if admin not in ADMIN_MODES:
@@ -165,16 +165,18 @@ class Reloader:
         self._sweep = asyncio.create_task(self._sweep_all())
 
     async def _sweep_all(self) -> None:
-        """Visit every stored user once, a slice per batcher turn; a slice queues behind the
-        live events already waiting, and the sweep waits a little while more are in flight."""
+        """Visit every stored user once, a slice per batcher turn. A slice queues behind the
+        live events already waiting; while events are in flight, the sweep then waits long
+        enough to take at most SWEEP_SHARE of the engine's time (when idle, it runs flat out)."""
         engine, store, batcher = self.engine, self.engine.store, self.batcher
         t0 = time.perf_counter()
         cursor: int | str = 0
         while True:
             try:
                 cursor, users = await asyncio.to_thread(store.scan, cursor, self.SWEEP_SLICE)
-                if users:
-                    await batcher.call(lambda u=users: engine.migrate(u))
+                spent = (
+                    await batcher.call(lambda u=users: _timed(engine.migrate, u)) if users else 0
+                )
             except RuntimeUserError as e:  # e.g. the store went away: users migrate lazily
                 print(f"recblr-serve: migration sweep stopped: {e}", file=sys.stderr)
                 return
@@ -183,7 +185,7 @@ class Reloader:
             if cursor == 0:
                 break
             if batcher.inflight:
-                await asyncio.sleep(self.YIELD_S)
+                await asyncio.sleep(spent * (1 - self.SWEEP_SHARE) / self.SWEEP_SHARE)
         self.pending = 0
         self.sweep_seconds = time.perf_counter() - t0
 
@@ -210,3 +212,10 @@ class Reloader:
         m.set("recblr_users_migrated_total", s.users_migrated)
         m.set("recblr_migration_items_skipped_total", s.migration_items_skipped)
         m.set("recblr_migration_pending_users", self.pending)
+
+
+def _timed(fn, *args) -> float:
+    """Seconds `fn(*args)` took (in the batcher's worker thread, excluding its queue wait)."""
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
