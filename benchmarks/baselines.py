@@ -85,7 +85,7 @@ def window_batch(model, seqs: list[np.ndarray], ws: list[tuple[int, int, int]], 
         pos = torch.arange(items.shape[1], device=device).view(1, -1)
         mask = (pos < lens.view(-1, 1)) & (pos >= torch.as_tensor(ctx, device=device).view(-1, 1))
     else:
-        state = carried_states(model, [seqs[u] for u, _, _ in ws], [s for _, s, _ in ws], device)
+        state = carried_states(model, [seqs[u][:s] for u, s, _ in ws], device)
         items, lens = pad_right([seqs[u][s : s + n] for u, s, n in ws], device)
         tgts, _ = pad_right([seqs[u][s + 1 : s + n + 1] for u, s, n in ws], device)
         h, _ = model(items, state, lens)

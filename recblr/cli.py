@@ -106,6 +106,7 @@ def _check_writable(path: Path, flag: str) -> None:
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: DataOpt = "ml-100k",
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the checkpoint.")] = Path("model.pt"),
     fmt: FormatOpt = "auto",
@@ -148,7 +149,9 @@ def train(
         help="Continue the run whose --checkpoint-dir this is, from its newest valid checkpoint.")] = None,
     nproc: Annotated[int, typer.Option(
         help="Train on this many local processes (DDP: gloo on CPU, NCCL on GPU); or start under torchrun.")] = 1,
-    ctx: typer.Context = None,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Warm start from this model.pt: its items keep their ids and embeddings, new items "
+        "are appended; its architecture is used (--dim etc. must agree if given).")] = None,
 ) -> None:
     """Train RecBLR; the best-validation checkpoint is written to --out. See docs/long-runs.md
     (--checkpoint-dir, --resume) and docs/distributed-training.md (--nproc, torchrun)."""
@@ -240,11 +243,19 @@ def _train(ctx: typer.Context) -> None:
         d = load_dataset(s["data"], s["fmt"], s["min_count"], s["user_col"], s["item_col"], s["time_col"])
     model_cfg = ModelConfig(n_items=d.n_items, dim=s["dim"], n_layers=s["layers"], expand=s["expand"],
                             conv_width=s["conv_width"], dropout=s["dropout"])
+    init = None
+    if s.get("init_from") is not None:
+        from recblr.warm_start import ARCHITECTURE, prepare
+
+        names = {"dim": "dim", "n_layers": "layers", "expand": "expand", "conv_width": "conv_width"}
+        explicit = {f for f in ARCHITECTURE if names[f] in given}
+        d, model_cfg, init = prepare(Path(s["init_from"]), d, model_cfg, explicit, s["seed"])
     console.print(f"{s['data']}: {len(d.user_ids)} users, {d.n_items} items, {d.n_interactions} interactions",
                   highlight=False)
     run = {"settings": s, "data": d.spec}
     checkpoint_dir = None if s["checkpoint_dir"] is None else Path(s["checkpoint_dir"])
-    result = run_training(d, model_cfg, cfg, out, console, checkpoint_dir, s["save_every_min"], state, run)
+    result = run_training(d, model_cfg, cfg, out, console, checkpoint_dir, s["save_every_min"], state, run,
+                          init=init)
     if not result.metrics:  # a rank other than 0: rank 0 reports
         return
     summary = {k: v for k, v in result.metrics.items() if k != "history"}

@@ -286,6 +286,7 @@ def train(
     save_every_min: float | None = None,
     resume: dict | None = None,
     run: dict | None = None,
+    init: RecBLR | None = None,
 ) -> TrainResult:
     """Train with early stopping; saves the best-validation checkpoint to `out` as it goes.
 
@@ -294,7 +295,8 @@ def train(
     which then stop the run (`TrainingStopped`). `resume`, a state read back by
     `recblr.resume.load_resume`, continues such a run exactly where it stopped; `run` is kept in
     the checkpoint for the CLI (settings, data location). Started by torchrun or `--nproc`, every
-    rank runs this function; only rank 0 evaluates, logs and writes files.
+    rank runs this function; only rank 0 evaluates, logs and writes files. `init`: start from
+    these weights (a warm start, `recblr.warm_start`) instead of fresh ones.
     """
     if model_cfg.n_items != data.n_items:
         raise ValueError("model_cfg.n_items must equal the data's catalog size")
@@ -306,7 +308,7 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + world.rank)
-    model = RecBLR(model_cfg).to(device)
+    model = (init if init is not None else RecBLR(model_cfg)).to(device)
     if world.rank > 0:
         torch.manual_seed(cfg.seed + world.rank)  # each rank its own dropout masks
     net = model

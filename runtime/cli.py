@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
 from enum import Enum
@@ -31,6 +32,12 @@ class StoreKind(str, Enum):
 class Durability(str, Enum):
     normal = "normal"
     full = "full"
+
+
+class AdminReload(str, Enum):
+    off = "off"
+    loopback = "loopback"
+    any = "any"
 
 
 class Policy(str, Enum):
@@ -138,6 +145,13 @@ def serve(
             "thread waits less for the GIL after each ORT call while the event loop is busy"
         ),
     ] = GIL_SWITCH_US,
+    admin_reload: Annotated[
+        AdminReload,
+        typer.Option(
+            help="who may POST /admin/reload (swap the cell live): loopback clients, any, or "
+            "off. SIGHUP reloads the last cell path either way"
+        ),
+    ] = AdminReload.loopback,
     stdin: Annotated[
         bool, typer.Option("--stdin", help="pipe mode: NDJSON events in, recs out")
     ] = False,
@@ -183,6 +197,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             max_history=max_history,
             body_timeout_s=body_timeout,
+            admin_reload=admin_reload.value,
         )
         try:
             run_http(engine, host, port, settings, log_level.lower(), shutdown_timeout)
@@ -268,6 +283,9 @@ def run_http(
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
         if server.started:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, app.reloader.on_sighup
+            )  # reload the last cell path
             info = engine.info
             print(
                 f"recblr-serve: listening on http://{host}:{bound} (cell {info.short_hash}, "

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recblr.runtime import contract as C
-from recblr.runtime.ann import OUTPUT_USER_VECTOR, retrieval_for
+from recblr.runtime.ann import OUTPUT_USER_VECTOR, AnnTopK, retrieval_for
 from recblr.runtime.cell import CellInfo, open_cell
 from recblr.runtime.errors import (
     BadEvent,
+    CellError,
     Conflict,
     CorruptState,
     NonFiniteOutput,
@@ -49,9 +50,12 @@ class Recs:
     applied: bool = True
     reason: str | None = None  # why not applied: "duplicate" (seq not newer) or "unknown_item"
     reset: str | None = None  # "cell_changed": the stored state was dropped before this answer
+    cell: str | None = None  # short hash of the cell that made the answer
 
     def to_json(self) -> dict:
         d: dict = {"user": self.user, "items": self.items, "scores": self.scores}
+        if self.cell is not None:
+            d["cell"] = self.cell
         if self.seq is not None:
             d["seq"] = self.seq
         if not self.applied:
@@ -85,6 +89,29 @@ def _own_rows(a: np.ndarray) -> list[np.ndarray]:
     return [np.frombuffer(raw[i : i + step], dtype=a.dtype) for i in range(0, len(raw), step)]
 
 
+@dataclass(frozen=True)
+class LoadedCell:
+    """An opened, checked cell: what `Engine.swap` installs."""
+
+    session: object  # onnxruntime.InferenceSession
+    info: CellInfo
+    providers: list[str]
+    ann: AnnTopK | None = None  # a retrieval cell's index; None: the cell scores itself
+
+    def run(self, item: np.ndarray, state: np.ndarray, exclude: np.ndarray):
+        """(next_state, top_items, top_scores) for one batch, from the cell or its index."""
+        if self.ann is not None:
+            ns, vec = self.session.run(
+                [C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR], {C.INPUT_ITEM: item, C.INPUT_STATE: state}
+            )
+            ti, ts = self.ann(vec, exclude, self.info.top_k)
+            return ns, ti, ts
+        return self.session.run(
+            [C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
+            {C.INPUT_ITEM: item, C.INPUT_STATE: state, C.INPUT_EXCLUDE: exclude},
+        )
+
+
 @dataclass
 class EngineStats:
     events_applied: int = 0
@@ -92,6 +119,8 @@ class EngineStats:
     events_skipped: int = 0
     events_failed: int = 0
     stale_states_reset: int = 0  # users whose record from another cell was replaced
+    users_migrated: int = 0  # users whose record from another cell was rebuilt by replay
+    migration_items_skipped: int = 0  # replayed items the new cell's vocabulary lacks
     commit_conflicts: int = 0  # users whose compare-and-set failed (then retried)
     ort_calls: int = 0
     extra: dict = field(default_factory=dict)
@@ -104,6 +133,7 @@ class _Slot:
     expected: int | None  # the stored revision (None: no record): the commit's compare
     st: UserState  # the record as of the events applied so far
     reset: str | None = None  # why the stored record was dropped ("cell_changed")
+    migrated: bool = False  # the record was made by another cell and rebuilt by replay
     error: Exception | None = None  # once set, the user's later events in this apply fail
     changed: bool = False
     applied: int = 0
@@ -142,25 +172,68 @@ class Engine:
             raise BadEvent("exclude_seen must be >= 0")
         if keep_history < 0:
             raise BadEvent("keep_history must be >= 0")
-        self.session, self.info, self.providers = open_cell(onnx_path, providers, threads)
-        info: CellInfo = self.info
-        if exclude_seen + info.top_k > info.n_items:
-            raise BadEvent(
-                f"--exclude-seen {exclude_seen} with the cell's K={info.top_k} needs at least "
-                f"{exclude_seen + info.top_k} items, and the cell has {info.n_items}: lower "
-                f"--exclude-seen to at most {info.n_items - info.top_k}"
-            )
-        self._ann = retrieval_for(self.session, self.info, threads)  # None: the cell scores itself
-        self.store: StateStore = store if store is not None else MemoryStore()
         self.exclude_seen = exclude_seen
+        self.threads = threads
+        self._x = max(exclude_seen, 1)
+        self._install(self.open_cell(onnx_path, providers))
+        self.store: StateStore = store if store is not None else MemoryStore()
         self.keep_history = max(keep_history, exclude_seen)
         self.unknown_items = unknown_items
         self.stats = EngineStats()
         self._lock = threading.RLock()
-        self._vocab = np.array(info.items, dtype=object)
-        self._index = {ext: i for i, ext in enumerate(info.items) if i > 0}
-        self._x = max(exclude_seen, 1)
-        self._state_key = info.state_key
+
+    # ----------------------------------------------------------------- the cell
+    def open_cell(self, onnx_path, providers=None) -> LoadedCell:
+        """Open and check a cell for this engine, without touching the one serving: the
+        contract's metadata and graph (`open_cell`), room for exclude-seen, and one batched
+        step whose outputs must have the cell's shapes and be finite. Raises CellError."""
+        providers = providers if providers is not None else self.providers
+        session, info, used = open_cell(onnx_path, providers, self.threads)
+        if self.exclude_seen + info.top_k > info.n_items:
+            raise BadEvent(
+                f"--exclude-seen {self.exclude_seen} with the cell's K={info.top_k} needs at "
+                f"least {self.exclude_seen + info.top_k} items, and the cell has {info.n_items}: "
+                f"lower --exclude-seen to at most {info.n_items - info.top_k}"
+            )
+        cell = LoadedCell(session, info, used, retrieval_for(session, info, self.threads))
+        b = min(2, info.n_items)
+        try:
+            ns, ti, ts = cell.run(
+                np.arange(1, b + 1, dtype=np.int64),
+                np.zeros((b, info.state_size), np.float32),
+                np.full((b, self._x), -1, np.int64),
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise CellError(f"{info.path}: the cell fails a test step: {e}") from None
+        if ns.shape != (b, info.state_size) or ti.shape != (b, info.top_k) or ts.shape != ti.shape:
+            raise CellError(
+                f"{info.path}: the cell's outputs do not have the shapes its metadata declares "
+                f"(state {info.state_size}, K={info.top_k}); re-export the cell"
+            )
+        if not (np.isfinite(ns).all() and np.isfinite(ts).all()):
+            raise CellError(
+                f"{info.path}: the cell gives NaN or infinite outputs on a test step; re-export "
+                "it from a sound checkpoint"
+            )
+        if ((ti < 1) | (ti > info.n_items)).any():
+            raise CellError(f"{info.path}: the cell recommends ids outside its vocabulary")
+        return cell
+
+    def _install(self, cell: LoadedCell) -> None:
+        self.cell = cell
+        self.session, self.info, self.providers = cell.session, cell.info, cell.providers
+        self._vocab = np.array(cell.info.items, dtype=object)
+        self._index = {ext: i for i, ext in enumerate(cell.info.items) if i > 0}
+        self._state_key = cell.info.state_key
+
+    def swap(self, cell: LoadedCell) -> CellInfo:
+        """Serve `cell` from the next batch on; returns the info of the cell it replaces.
+        Takes the engine's lock, so the switch falls between two batches: a batch (and a
+        replay slice) runs on one cell from start to end."""
+        with self._lock:
+            old = self.info
+            self._install(cell)
+        return old
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -210,17 +283,7 @@ class Engine:
     # ----------------------------------------------------------------- low level
     def _run(self, item: np.ndarray, state: np.ndarray, exclude: np.ndarray):
         self.stats.ort_calls += 1
-        if self._ann is not None:
-            ns, vec = self.session.run(
-                [C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR], {C.INPUT_ITEM: item, C.INPUT_STATE: state}
-            )
-            ti, ts = self._ann(vec, exclude, self.top_k)
-            return ns, ti, ts
-        ns, ti, ts = self.session.run(
-            [C.OUTPUT_NEXT_STATE, C.OUTPUT_TOP_ITEMS, C.OUTPUT_TOP_SCORES],
-            {C.INPUT_ITEM: item, C.INPUT_STATE: state, C.INPUT_EXCLUDE: exclude},
-        )
-        return ns, ti, ts
+        return self.cell.run(item, state, exclude)
 
     def _exclude_rows(self, recents: Sequence[Sequence[str]]) -> np.ndarray:
         """The last `exclude_seen` items of each user (external ids) as this cell's ids."""
@@ -235,10 +298,12 @@ class Engine:
         return ex
 
     def _recs(self, user: str, st: UserState | None, k: int, seq=None) -> Recs:
+        cell = self.info.short_hash
         if st is None or st.top_items is None:
-            return Recs(user, [], [], seq)
+            return Recs(user, [], [], seq, cell=cell)
         ti = st.top_items[:k]
-        return Recs(user, self._vocab[ti].tolist(), [float(x) for x in st.top_scores[:k]], seq)
+        scores = [float(x) for x in st.top_scores[:k]]
+        return Recs(user, self._vocab[ti].tolist(), scores, seq, cell=cell)
 
     def _empty(self, seq: int | None = None) -> UserState:
         return UserState(cell=self._state_key, state=np.zeros(self.state_size, np.float32), seq=seq)
@@ -263,7 +328,62 @@ class Engine:
 
     def _load(self, users: list[str]) -> dict[str, _Slot]:
         got = self.store.get_many(users)
-        return {u: self._slot(u, got.get(u)) for u in users}
+        slots = {u: self._slot(u, got.get(u)) for u in users}
+        stale = [u for u, sl in slots.items() if sl.reset is not None]
+        if stale and self.keep_history:
+            self._migrate_slots([(got[u], slots[u]) for u in stale])
+        return slots
+
+    def _migrate_slots(self, stale: list[tuple[UserState, _Slot]]) -> None:
+        """Rebuild records made by another cell by replaying their stored recent items through
+        this cell, all users stepped together; items this vocabulary lacks are skipped. The
+        record keeps its seq and its history; a user with nothing left to replay stays reset."""
+        hists, todo = [], []
+        for old, sl in stale:
+            idx = self.encode(old.recent, "skip")
+            self.stats.migration_items_skipped += len(old.recent) - len(idx)
+            if idx:
+                hists.append(idx)
+                todo.append((old, sl))
+        if not hists:
+            return
+        states, ti, ts = self.encode_histories(hists)
+        fine = np.isfinite(states).all(axis=1) & np.isfinite(ts).all(axis=1)
+        rows = _own_rows(states)
+        for r, (old, sl) in enumerate(todo):
+            if not fine[r]:
+                continue  # stays reset: a NaN state is never stored
+            sl.st = UserState(
+                cell=self._state_key,
+                state=rows[r],
+                seq=old.seq,
+                n=len(hists[r]),
+                rev=old.rev,
+                recent=list(old.recent[-self.keep_history :]),
+                top_items=ti[r].copy(),
+                top_scores=ts[r].copy(),
+            )
+            sl.reset, sl.migrated = None, True
+
+    def migrate(self, users: Sequence[str]) -> int:
+        """Rebuild these users' records for this cell now, by replay, and store them; returns
+        how many were rewritten. A record with no history to replay is left as it is (the
+        user's next event resets it and its answer says so). The background sweep after a
+        reload calls this a slice of users at a time."""
+        with self._lock:
+            slots = self._load(list(dict.fromkeys(users)))
+            writes = {u: (sl.expected, sl.st) for u, sl in slots.items() if sl.migrated}
+            if not writes:
+                return 0
+            lost = self.store.commit(writes)
+            self._count_moves(slots, lost)
+        return len(writes) - len(lost)
+
+    def _count_moves(self, slots: dict[str, _Slot], lost: set[str]) -> None:
+        for u, sl in slots.items():
+            if u not in lost:
+                self.stats.users_migrated += int(sl.migrated)
+                self.stats.stale_states_reset += int(sl.reset is not None)
 
     # ----------------------------------------------------------------- streaming API
     def apply(self, events: Sequence[Event], k: int | None = None) -> list[Recs | Exception]:
@@ -300,7 +420,7 @@ class Engine:
         for u, sl in slots.items():
             if u not in lost:
                 self.stats.events_applied += sl.applied
-                self.stats.stale_states_reset += int(sl.reset is not None)
+        self._count_moves(slots, lost)
         return lost
 
     def _waves(self, events, idxs: list[int], results: list) -> list[list[tuple[int, int | None]]]:
@@ -361,7 +481,7 @@ class Engine:
         new_states = _own_rows(ns)
         rec_items = self._vocab[ti[:, :k]].tolist()
         rec_scores = ts[:, :k].tolist()
-        cell = self._state_key
+        cell, short = self._state_key, self.info.short_hash
         for r, (i, _idx, sl) in enumerate(rows):
             e = events[i]
             if broken[r]:
@@ -386,7 +506,9 @@ class Engine:
             )
             sl.changed = True
             sl.applied += 1
-            results[i] = Recs(e.user, rec_items[r], rec_scores[r], e.seq, reset=sl.reset)
+            results[i] = Recs(
+                e.user, rec_items[r], rec_scores[r], e.seq, reset=sl.reset, cell=short
+            )
 
     def step(self, users: Sequence[str], items: Sequence[str], seqs=None, k=None) -> list[Recs]:
         """One event per user (users may repeat: applied in order). Raises the first user error."""
@@ -409,6 +531,8 @@ class Engine:
         user = check_user(user)
         with self._lock:
             sl = self._load([user])[user]
+            if sl.migrated and not self.store.commit({user: (sl.expected, sl.st)}):
+                self._count_moves({user: sl}, set())
         if sl.error is not None:
             raise sl.error
         if sl.expected is None:
@@ -429,6 +553,7 @@ class Engine:
     def history(self, user: str) -> UserState:
         """The user's stored record, whichever cell made it (for GET .../history)."""
         user = check_user(user)
+        self.migrate([user])
         got = self.store.get_many([user]).get(user)
         if got is None:
             raise UnknownUser(f"no state for user {user!r}: send an event or PUT a history")
@@ -451,15 +576,26 @@ class Engine:
         k = self.check_k(k)
         user = check_user(user)
         items = [check_item(x) for x in history]
-        idx = self.encode(items)
-        kept = [x for x in items if x in self._index]
-        state = np.zeros((1, self.state_size), np.float32)
-        ex = np.full((1, 1), -1, np.int64)
-        for start in range(0, max(len(idx) - 1, 0), self.REPLAY_SLICE):
+        while True:  # once more from the start if the cell is swapped during the replay
+            key = self._state_key
+            idx = self.encode(items)
+            kept = [x for x in items if x in self._index]
+            state = np.zeros((1, self.state_size), np.float32)
+            ex = np.full((1, 1), -1, np.int64)
+            for start in range(0, max(len(idx) - 1, 0), self.REPLAY_SLICE):
+                with self._lock:
+                    if self._state_key != key:
+                        break
+                    for t in range(start, min(start + self.REPLAY_SLICE, len(idx) - 1)):
+                        state, _, _ = self._run(np.array([idx[t]], np.int64), state, ex)
+                yield
             with self._lock:
-                for t in range(start, min(start + self.REPLAY_SLICE, len(idx) - 1)):
-                    state, _, _ = self._run(np.array([idx[t]], np.int64), state, ex)
-            yield
+                if self._state_key != key:
+                    continue
+                return self._finish_reset(user, idx, kept, state, seq, k)
+
+    def _finish_reset(self, user: str, idx: list[int], kept: list[str], state, seq, k) -> Recs:
+        """The last step of a replayed history and its commit (under the engine's lock)."""
         ti = ts = None
         if idx:
             recent = kept[-self.keep_history :] if self.keep_history else []
@@ -471,25 +607,24 @@ class Engine:
                     f"the cell gave NaN or infinite scores or state for the history of user "
                     f"{user!r}; nothing was stored. Re-export the cell from a sound checkpoint"
                 )
-        with self._lock:
-            for _ in range(self.COMMIT_ATTEMPTS):
-                sl = self._load([user])[user]
-                stored_seq = sl.st.seq
-                if seq is not None and stored_seq is not None and seq <= stored_seq:
-                    self.stats.events_duplicate += 1
-                    return self._answer(user, sl, k, seq, "duplicate")
-                new = UserState(
-                    cell=self._state_key,
-                    state=state[0].copy(),
-                    seq=seq if seq is not None else stored_seq,
-                    n=len(idx),
-                    recent=kept[-self.keep_history :] if self.keep_history else [],
-                    top_items=None if ti is None else ti[0].copy(),
-                    top_scores=None if ts is None else ts[0].copy(),
-                )
-                if not self.store.commit({user: (sl.expected, new)}):
-                    return self._recs(user, new, k, new.seq)
-                self.stats.commit_conflicts += 1
+        for _ in range(self.COMMIT_ATTEMPTS):
+            sl = self._load([user])[user]
+            stored_seq = sl.st.seq
+            if seq is not None and stored_seq is not None and seq <= stored_seq:
+                self.stats.events_duplicate += 1
+                return self._answer(user, sl, k, seq, "duplicate")
+            new = UserState(
+                cell=self._state_key,
+                state=state[0].copy(),
+                seq=seq if seq is not None else stored_seq,
+                n=len(idx),
+                recent=kept[-self.keep_history :] if self.keep_history else [],
+                top_items=None if ti is None else ti[0].copy(),
+                top_scores=None if ts is None else ts[0].copy(),
+            )
+            if not self.store.commit({user: (sl.expected, new)}):
+                return self._recs(user, new, k, new.seq)
+            self.stats.commit_conflicts += 1
         raise Conflict(f"user {user!r}: another writer kept changing the record; retry the PUT")
 
     def forget(self, user: str) -> bool:

@@ -102,6 +102,7 @@ def document(info: Any, settings: Any) -> dict:
                     "enum": ["cell_changed"],
                     "description": "the stored state was made by another cell and was dropped",
                 },
+                "cell": {"type": "string", "description": "short hash of the cell that answered"},
             },
         },
         "EventError": {

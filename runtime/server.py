@@ -7,6 +7,7 @@ PUT    /v1/users/{user}/history         {"items":[...][,"seq"]}
 DELETE /v1/users/{user}
 POST   /v1/stream                       NDJSON events in, one NDJSON line out per event line
 GET    /healthz, /metrics (Prometheus text), /openapi.json (this API, OpenAPI 3)
+POST   /admin/reload                    {"onnx": PATH}: swap the cell live (runtime/reload.py)
 
 `{user}` is percent-encoded in the path (`acme%2Falice` is the user `acme/alice`): every id an
 event can carry can be read, reset and deleted. An error is JSON, {"error": message, "code"},
@@ -42,6 +43,7 @@ from recblr.runtime.errors import (
 )
 from recblr.runtime.jsonio import Event, check_user, parse_event, parse_json, parse_seq
 from recblr.runtime.metrics import BATCH_BUCKETS, Metrics
+from recblr.runtime.reload import Reloader
 
 
 @dataclass
@@ -54,6 +56,7 @@ class ServerSettings:
     body_timeout_s: float = 10.0  # a body (or a stream's next chunk) must arrive within this
     stream_window: int = 256  # answers one /v1/stream connection may have pending
     max_inflight: int = 65_536  # events queued or running, over all connections
+    admin_reload: str = "loopback"  # who may POST /admin/reload: off, loopback or any
 
 
 _JSON = (b"content-type", b"application/json")
@@ -159,6 +162,7 @@ class App:
             more_coming=self._more_coming,
             max_inflight=s.max_inflight,
         )
+        self.reloader = Reloader(engine, self.batcher, m, s.admin_reload)
         self.ready = False
 
     # ----------------------------------------------------------------- plumbing
@@ -231,6 +235,7 @@ class App:
                 self.ready = False
                 if self._watch is not None:
                     self._watch.cancel()
+                await self.reloader.stop()
                 await self.batcher.stop()  # drain queued events, then close the store
                 self.engine.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -289,6 +294,8 @@ class App:
                 get = self._with(self.get_history, user)
                 put = self._with(self.put_history, user)
                 return "history", self._allow(method, GET=get, PUT=put)
+        if path == "/admin/reload":
+            return "reload", self._allow(method, POST=self.reload)
         if path in ("/healthz", "/metrics", "/openapi.json"):
             fn = {"/healthz": self.healthz, "/metrics": self.metrics_text}.get(path, self.openapi)
             return path.strip("/").split(".")[0], self._allow(method, GET=fn)
@@ -374,6 +381,11 @@ class App:
         gone = await self.batcher.call(lambda: self.engine.forget(user))
         return 200, {"user": user, "deleted": gone}
 
+    async def reload(self, scope, receive):
+        self.reloader.check_access(scope)
+        path = self.reloader.path_of(await self._body(scope, receive))
+        return 200, await self.reloader.reload(path)
+
     async def healthz(self, scope, receive):
         info = self.engine.info
         return 200, {
@@ -399,6 +411,7 @@ class App:
             ("failed", s.events_failed),
         ):
             m.set("recblr_events_total", v, outcome=outcome)
+        self.reloader.export()
         return 200, m.render().encode()
 
     async def openapi(self, scope, receive):

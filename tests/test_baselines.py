@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datafiles import synthetic_rows
+from datafiles import synthetic_rows, write_inter
 
 from recblr.baselines import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
 from recblr.config import TrainConfig
-from recblr.data import Interactions, build_sequences
+from recblr.data import load_dataset
 from recblr.evaluate import evaluate, metrics_from_ranks
 from recblr.train import length_batches, sequence_windows
 
@@ -23,10 +23,10 @@ import baselines as harness  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def data():
-    rows = synthetic_rows(n_users=30, n_items=20, length=(6, 30))
-    inter = Interactions([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows]), "synthetic")
-    return build_sequences(inter, min_count=3)
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("baselines") / "synthetic.inter"
+    write_inter(path, synthetic_rows(n_users=30, n_items=20, length=(6, 30)))
+    return load_dataset(str(path), min_count=3)
 
 
 def test_gru4rec_step_and_carried_state_equal_forward():
@@ -120,7 +120,8 @@ def test_harness_ranks_ties_in_the_targets_favour():
     seqs = [np.array([1, 2, 3, 1, 2]), np.array([3, 2, 1, 3])]
     from recblr.data import SequenceData
 
-    d = SequenceData(["[PAD]", "a", "b", "c"], ["u0", "u1"], seqs, {})
+    offsets = np.array([0, len(seqs[0]), len(seqs[0]) + len(seqs[1])])
+    d = SequenceData(["[PAD]", "a", "b", "c"], ["u0", "u1"], np.concatenate(seqs), offsets, {})
     m = SASRec(SASRecConfig(n_items=3, max_len=8))
     with torch.no_grad():
         m.item_emb.weight.zero_()

@@ -24,7 +24,7 @@ def _shares_state(first: Path, second: Path) -> bool:
     store = MemoryStore()
     e1 = Engine(first, providers="cpu", store=store)
     e1.step(["u"], ["1001"])
-    e2 = Engine(second, providers="cpu", store=store)
+    e2 = Engine(second, providers="cpu", store=store, keep_history=0)  # no replay: a reset
     shared = e2.get_state("u") is not None
     assert e2.stats.stale_states_reset == 0  # a read resets nothing
     first, second = e2.step(["u", "u"], ["1002", "1003"], seqs=[5, 6])

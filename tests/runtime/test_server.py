@@ -148,15 +148,16 @@ def test_restart_keeps_state_and_seq_is_idempotent(cell, start_server, tmp_path,
 
 
 def test_state_from_another_cell_is_reset_once_keeping_seq(cells, start_server, tmp_path, replay_fn):
-    """#11.6: a cell change resets each user once (counted per user, not per read), keeps the
-    stored seq (an already-applied retry stays a duplicate) and says so in the answer."""
+    """#11.6: with --keep-history 0 (nothing to replay) a cell change resets each user once
+    (counted per user, not per read), keeps the stored seq (an already-applied retry stays a
+    duplicate) and says so in the answer. With a history the user is replayed (test_reload)."""
     db = tmp_path / "s.db"
     srv = start_server(cells["a"], state=db)
     with httpx.Client(base_url=srv.url, timeout=10) as c:
         for seq, item in ((1, "1001"), (2, "1002")):
             c.post("/v1/events", json={"user": "u", "item": item, "seq": seq})
     srv.term()
-    srv = start_server(cells["b"], state=db)
+    srv = start_server(cells["b"], "--keep-history", "0", state=db)
     with httpx.Client(base_url=srv.url, timeout=10) as c:
         for _ in range(2):
             r = c.get("/v1/users/u/recommendations")
