@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recblr.model import RecBLR
+
 
 @dataclass
 class SASRecConfig:
@@ -48,34 +50,15 @@ class GRU4RecConfig:
         return asdict(self)
 
 
-def _init_weights(m: nn.Module) -> None:
-    """Normal(0, 0.02) weights, zero biases, unit LayerNorms; the padding row stays zero."""
-    if isinstance(m, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
-        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-            with torch.no_grad():
-                m.weight[m.padding_idx].zero_()
-    if isinstance(m, nn.Linear) and m.bias is not None:
-        nn.init.zeros_(m.bias)
-    if isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+_init_weights = RecBLR._init_weights  # the same initialisation as RecBLR's, for a fair comparison
 
 
 class _TiedScores(nn.Module):
     """Scoring and last-position readout shared by both baselines (same as RecBLR's)."""
 
     item_emb: nn.Embedding
-
-    def item_scores(self, h: torch.Tensor) -> torch.Tensor:
-        logits = h @ self.item_emb.weight.t()
-        logits[..., 0] = float("-inf")
-        return logits
-
-    def last_hidden(self, items: torch.Tensor, lengths: torch.Tensor, state=None) -> torch.Tensor:
-        h, _ = self(items, state, lengths)
-        idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
-        return h.gather(1, idx).squeeze(1)
+    item_scores = RecBLR.item_scores
+    last_hidden = RecBLR.last_hidden
 
 
 class GRU4Rec(_TiedScores):

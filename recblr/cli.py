@@ -19,7 +19,7 @@ from recblr.config import EXAMPLE_MODES, LOSSES, SAMPLERS, SELECT_MODES, WINDOW_
 from recblr.errors import RecblrError, user_errors
 from recblr.export.cli import export
 from recblr.extras import TRAIN_EXTRA_HINT, require_extra
-from recblr.runtime.cli import score, serve
+from recblr.runtime.cli import choices, score, serve
 
 app = typer.Typer(
     name="recblr",
@@ -33,18 +33,13 @@ data_app = typer.Typer(help="Datasets: fetch known ones, inspect files.", no_arg
 app.add_typer(data_app, name="data")
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """A typer choice type over the values the config accepts (one list, kept in config.py)."""
-    return Enum(name, {v: v for v in values}, type=str)
-
-
-Loss = _choices("Loss", LOSSES)
-Sampler = _choices("Sampler", SAMPLERS)
-ExampleMode = _choices("ExampleMode", EXAMPLE_MODES)
-SelectMode = _choices("SelectMode", SELECT_MODES)
-WindowOffsets = _choices("WindowOffsets", WINDOW_OFFSETS)
-EvalMode = _choices("EvalMode", (*SELECT_MODES, "both"))
-Split = _choices("Split", ("valid", "test"))
+Loss = choices("Loss", LOSSES)
+Sampler = choices("Sampler", SAMPLERS)
+ExampleMode = choices("ExampleMode", EXAMPLE_MODES)
+SelectMode = choices("SelectMode", SELECT_MODES)
+WindowOffsets = choices("WindowOffsets", WINDOW_OFFSETS)
+EvalMode = choices("EvalMode", (*SELECT_MODES, "both"))
+Split = choices("Split", ("valid", "test"))
 
 
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Dataset name (ml-100k) or interactions file.")]

@@ -24,44 +24,18 @@ from recblr.runtime import jsonio
 from recblr.runtime.store import DEFAULT_KEEP_HISTORY
 
 
-class StoreKind(str, Enum):
-    sqlite = "sqlite"
-    memory = "memory"
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice type whose members are named by their values (`Kind.memory`, `Kind("memory")`)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Durability(str, Enum):
-    normal = "normal"
-    full = "full"
-
-
-class AdminReload(str, Enum):
-    off = "off"
-    loopback = "loopback"
-    any = "any"
-
-
-class Policy(str, Enum):
-    error = "error"
-    skip = "skip"
-
-
-class Providers(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class InputFormat(str, Enum):
-    auto = "auto"
-    jsonl = "jsonl"
-    csv = "csv"
-    tsv = "tsv"
-
-
-class OutputFormat(str, Enum):
-    auto = "auto"
-    jsonl = "jsonl"
-    csv = "csv"
+StoreKind = choices("StoreKind", ("sqlite", "memory"))
+Durability = choices("Durability", ("normal", "full"))
+AdminReload = choices("AdminReload", ("off", "loopback", "any"))
+Policy = choices("Policy", ("error", "skip"))
+Providers = choices("Providers", ("auto", "cpu", "cuda"))
+InputFormat = choices("InputFormat", ("auto", "jsonl", "csv", "tsv"))
+OutputFormat = choices("OutputFormat", ("auto", "jsonl", "csv"))
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's

@@ -381,17 +381,7 @@ def test_two_replicas_exactly_once_through_a_sigkill(
 def test_serve_with_unreachable_store_says_so_in_one_line(cell):
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"
     p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recblr.runtime",
-            "--onnx",
-            str(cell),
-            "--port",
-            "0",
-            "--state",
-            url,
-        ],
+        [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0", "--state", url],
         capture_output=True,
         text=True,
         timeout=60,
