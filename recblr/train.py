@@ -315,11 +315,11 @@ def train(
     if world.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
+    train_seqs = data.train_sequences()
     sampler = None
     if cfg.loss == "sampled":
-        sampler = NegativeSampler.build(cfg.sampler, data.n_items, data.train_sequences(), device=device)
+        sampler = NegativeSampler.build(cfg.sampler, data.n_items, train_seqs, device=device)
     loss_fn = make_loss(cfg.loss, model.item_emb, gen, cfg.negatives, sampler)
-    train_seqs = data.train_sequences()
     n_users = data.n_users
     resumable = checkpoint_dir is not None or resume is not None
     fingerprint = data_fingerprint(data.item_ids, data.user_ids, data.items, data.offsets) if resumable else ""
