@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,34 @@ class Checkpoint:
     data: dict  # recblr.data spec: how to load the training data again
 
 
+def save_atomically(
+    path: Path, payload: dict, tmp_prefix: str, cannot_write: Callable[[OSError], RecblrError]
+) -> None:
+    """torch.save `payload` to `path` through a temp file beside it (named `tmp_prefix`...),
+    fsynced, renamed into place, then the folder fsynced: a crash leaves the old file or the new
+    one, never half of one. A folder that cannot be made or written raises `cannot_write(e)`."""
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix, suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise cannot_write(e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save_checkpoint(
     path: str | Path,
     model: RecBLR,
@@ -54,19 +83,12 @@ def save_checkpoint(
         "metrics": metrics,
         "data": data,
     }
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise RecblrError(f"{path}: cannot write the checkpoint there ({e.strerror}); choose another --out") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomically(
+        path,
+        payload,
+        f".{path.name}.",
+        lambda e: RecblrError(f"{path}: cannot write the checkpoint there ({e.strerror}); choose another --out"),
+    )
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -14,11 +14,9 @@ temp file, never a half-written checkpoint under a checkpoint name.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
 import signal
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recblr.checkpoint import save_atomically
 from recblr.errors import RecblrError
 
 RESUME_FORMAT = "recblr-resume"
@@ -143,37 +142,19 @@ def save_resume(directory: str | Path, state: dict, counter: int) -> Path:
     payload = {"format": RESUME_FORMAT, "format_version": RESUME_VERSION, "state": state}
     payload["digest"] = content_digest(payload["state"])
     path = directory / f"resume-{counter:010d}.pt"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".resume-", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise RecblrError(
+    save_atomically(
+        path,
+        payload,
+        ".resume-",
+        lambda e: RecblrError(
             f"--checkpoint-dir {directory}: cannot write there ({e.strerror}); choose another folder"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+        ),
+    )
     for old in checkpoint_files(directory)[:-KEEP]:
         old.unlink(missing_ok=True)
     for stale in directory.glob(".resume-*.tmp"):  # left by a process killed mid-write
-        if stale.name != Path(tmp).name:
-            stale.unlink(missing_ok=True)
+        stale.unlink(missing_ok=True)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_resume(path: Path) -> dict:
