@@ -597,8 +597,8 @@ class Engine:
     def _finish_reset(self, user: str, idx: list[int], kept: list[str], state, seq, k) -> Recs:
         """The last step of a replayed history and its commit (under the engine's lock)."""
         ti = ts = None
+        recent = kept[-self.keep_history :] if self.keep_history else []
         if idx:
-            recent = kept[-self.keep_history :] if self.keep_history else []
             state, ti, ts = self._run(
                 np.array([idx[-1]], np.int64), state, self._exclude_rows([recent])
             )
@@ -618,7 +618,7 @@ class Engine:
                 state=state[0].copy(),
                 seq=seq if seq is not None else stored_seq,
                 n=len(idx),
-                recent=kept[-self.keep_history :] if self.keep_history else [],
+                recent=recent,
                 top_items=None if ti is None else ti[0].copy(),
                 top_scores=None if ts is None else ts[0].copy(),
             )
