@@ -1,9 +1,10 @@
-"""Shared bits of the benchmark scripts: provenance of a result file."""
+"""Shared bits of the benchmark scripts: provenance of a result file, a median timer."""
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -59,3 +60,17 @@ def load_for(path: str, data, data_name: str):
         raise SystemExit(f"{path}: trained on another item vocabulary than {data_name}")
     ck.model.eval()
     return ck
+
+
+def median_ms(fn, min_reps: int = 5, budget_s: float = 1.0, warmup: int = 2, max_reps: int = 1000) -> float:
+    """Median milliseconds of fn() after `warmup` calls: at least `min_reps` calls, more while
+    the time budget lasts (up to `max_reps`)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < max_reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import RESULTS, provenance, write_result  # noqa: E402
+from _common import RESULTS, median_ms, provenance, write_result  # noqa: E402
 
 from recblr.baselines import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig  # noqa: E402
 from recblr.config import ModelConfig, TrainConfig  # noqa: E402
@@ -249,19 +249,6 @@ def allocator_env() -> dict:
     return {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
 
 
-def timed(fn, min_reps: int = 5, budget_s: float = 1.0) -> float:
-    """Median milliseconds of fn() (after warm-up)."""
-    for _ in range(2):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 1000):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def event_costs(n_items: int, batch: int, budget_s: float) -> dict:
     """Milliseconds to fold one new event into the hidden vector, by model and history length.
@@ -284,9 +271,9 @@ def event_costs(n_items: int, batch: int, budget_s: float) -> dict:
     rstate = torch.randn(batch, recblr.cfg.state_size)
     gstate = torch.randn(batch, gru.cfg.dim)
     h = torch.randn(batch, recblr.cfg.dim)
-    out: dict = {"score_catalog": timed(lambda: recblr.item_scores(h), budget_s=budget_s)}
-    out["recblr_step"] = {L: timed(lambda: cell.step(item, rstate), budget_s=budget_s) for L in HISTORY}
-    out["gru4rec_step"] = {L: timed(lambda: gru.step(item, gstate), budget_s=budget_s) for L in HISTORY}
+    out: dict = {"score_catalog": median_ms(lambda: recblr.item_scores(h), budget_s=budget_s)}
+    out["recblr_step"] = {L: median_ms(lambda: cell.step(item, rstate), budget_s=budget_s) for L in HISTORY}
+    out["gru4rec_step"] = {L: median_ms(lambda: gru.step(item, gstate), budget_s=budget_s) for L in HISTORY}
     for key, m in sas.items():
         out[f"{key}_reencode"], out[f"{key}_kv_cache"] = sasrec_costs(m, n_items, item, budget_s)
     return out
@@ -302,11 +289,11 @@ def sasrec_costs(m: SASRec, n_items: int, item: torch.Tensor, budget_s: float) -
         seen = min(L + 1, m.cfg.max_len)
         items = torch.randint(1, n_items + 1, (batch, seen))
         lens = torch.full((batch,), seen, dtype=torch.long)
-        reenc[L] = timed(lambda items=items, lens=lens: m.last_hidden(items, lens), budget_s=budget_s)
+        reenc[L] = median_ms(lambda items=items, lens=lens: m.last_hidden(items, lens), budget_s=budget_s)
         kv[L] = None
         if L < m.cfg.max_len:
             _, cache = m.prefill(items[:, :L])
-            kv[L] = timed(lambda cache=cache, L=L: m.step(item, cache, L), budget_s=budget_s)
+            kv[L] = median_ms(lambda cache=cache, L=L: m.step(item, cache, L), budget_s=budget_s)
     return reenc, kv
 
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,15 @@ from recblr.export import build_cell, export_cell
 from recblr.export.verify import step_session
 from recblr.model import RecBLR
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_ms, provenance  # noqa: E402
+
 HISTORY = (10, 100, 1000)
 BATCHES = (1, 256)
+
+
+def _timed(fn, min_reps: int, budget_s: float) -> float:
+    return median_ms(fn, min_reps, budget_s, warmup=3, max_reps=2000)
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -43,19 +48,6 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def timed(fn, min_reps: int, budget_s: float) -> float:
-    """Median milliseconds of fn() over at least min_reps calls (after warm-up)."""
-    for _ in range(3):
-        fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 2000):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def latency(model: RecBLR, cell_path: Path, threads: int, top_k: int) -> list[dict]:
@@ -85,9 +77,9 @@ def latency(model: RecBLR, cell_path: Path, threads: int, top_k: int) -> list[di
             row = {
                 "batch": B,
                 "history": L,
-                "ort_ms": timed(lambda feeds=feeds: sess.run(None, feeds), 50, 1.5),
-                "eager_ms": timed(eager, 30, 1.5),
-                "reencode_ms": timed(reencode, 3 if heavy else 10, 3.0 if heavy else 1.5),
+                "ort_ms": _timed(lambda feeds=feeds: sess.run(None, feeds), 50, 1.5),
+                "eager_ms": _timed(eager, 30, 1.5),
+                "reencode_ms": _timed(reencode, 3 if heavy else 10, 3.0 if heavy else 1.5),
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -118,7 +110,7 @@ def variants(ckpt_path: Path, threads: int, out_dir: Path) -> dict:
                 "state": np.zeros((B, s), np.float32),
                 "exclude": np.full((B, 1), -1, np.int64),
             }
-            lat[f"batch{B}_ms"] = timed(lambda feeds=feeds, sess=sess: sess.run(None, feeds), 50, 1.5)
+            lat[f"batch{B}_ms"] = _timed(lambda feeds=feeds, sess=sess: sess.run(None, feeds), 50, 1.5)
         agree = float(
             np.mean([len(set(items[u]) & set(tops["fp32"][u])) / 10 for u in range(len(hist))])
         )
@@ -205,8 +197,6 @@ def main() -> None:
         "int8_top10_agreement_ge_0.95": var["int8"]["top10_agreement_vs_fp32"] >= 0.95,
         "fp16_top10_agreement_ge_0.95": var["fp16"]["top10_agreement_vs_fp32"] >= 0.95,
     }
-    from _common import provenance
-
     prov = provenance()
     commit, cpu = prov["git_commit"], prov["cpu"]
     import os

@@ -50,27 +50,19 @@ def read_jsonl_dir(path: Path) -> dict[str, list[str]]:
 
 
 def start_spark(partitions: int):
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from engine_reference import local_spark
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .appName("recblr-score-engines")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "1g")
-        # the input file in `partitions` splits: Spark splits at (bytes + open cost) // cores
-        # when that is below maxPartitionBytes; an open cost of partitions-1 makes it a ceil
-        .config("spark.sql.files.openCostInBytes", str(partitions - 1))
-        .config("spark.default.parallelism", str(partitions))
-        .getOrCreate()
+    # the input file in `partitions` splits: Spark splits at (bytes + open cost) // cores
+    # when that is below maxPartitionBytes; an open cost of partitions-1 makes it a ceil
+    return local_spark(
+        "recblr-score-engines",
+        "1g",
+        **{
+            "spark.sql.files.openCostInBytes": str(partitions - 1),
+            "spark.default.parallelism": str(partitions),
+        },
     )
-    spark.sparkContext.setLogLevel("WARN")
-    return spark
 
 
 def main() -> None:

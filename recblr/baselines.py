@@ -17,27 +17,27 @@ know RecBLR only).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recblr.config import NetworkSizes, require
 from recblr.model import RecBLR
 
 
 @dataclass
-class SASRecConfig:
-    n_items: int
-    dim: int = 64
-    n_layers: int = 2
+class SASRecConfig(NetworkSizes):
     n_heads: int = 2
     inner_dim: int = 256
-    dropout: float = 0.2
     max_len: int = 200
-    ln_eps: float = 1e-12
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    _positive: ClassVar[tuple[str, ...]] = (*NetworkSizes._positive, "n_heads", "inner_dim", "max_len")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.dim % self.n_heads == 0, "dim", self.dim, f"a multiple of n_heads ({self.n_heads})")
 
 
 @dataclass

@@ -7,37 +7,61 @@ from the CLI, a script or a saved checkpoint: one `RecblrError` naming the setti
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar, Self
 
 from recblr.errors import RecblrError
 
 
-def _require(ok: bool, name: str, value: object, want: str) -> None:
+def require(ok: bool, name: str, value: object, want: str) -> None:
+    """One setting's check: a `RecblrError` naming the setting, its value and what it must be."""
     if not ok:
         raise RecblrError(f"{name} {value!r}: must be {want}")
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, name, value, "one of " + ", ".join(choices))
+    require(value in choices, name, value, "one of " + ", ".join(choices))
 
 
 @dataclass
-class ModelConfig:
-    """Sizes of the RecBLR network (defaults from the paper, see shared spec)."""
+class NetworkSizes:
+    """What every sequence network here is sized by: catalog, width, depth, dropout, LayerNorm
+    eps. RecBLR's config and the baselines' extend it, so all check their sizes the same way."""
 
     n_items: int  # catalog size without padding; embeddings have n_items + 1 rows
     dim: int = 64
     n_layers: int = 2
-    expand: int = 2
-    conv_width: int = 4
     dropout: float = 0.2
     ln_eps: float = 1e-12
 
+    _positive: ClassVar[tuple[str, ...]] = ("n_items", "dim", "n_layers")
+
     def __post_init__(self) -> None:
-        for name in ("n_items", "dim", "n_layers", "expand", "conv_width"):
+        for name in self._positive:
             value = getattr(self, name)
-            _require(value >= 1, name, value, ">= 1")
-        _require(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
-        _require(self.ln_eps > 0, "ln_eps", self.ln_eps, "> 0")
+            require(value >= 1, name, value, ">= 1")
+        require(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
+        require(self.ln_eps > 0, "ln_eps", self.ln_eps, "> 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Self:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class ModelConfig(NetworkSizes):
+    """Sizes of the RecBLR network (defaults from the paper, see shared spec)."""
+
+    expand: int = 2
+    conv_width: int = 4
+
+    _positive: ClassVar[tuple[str, ...]] = (*NetworkSizes._positive, "expand", "conv_width")
 
     @property
     def inner_dim(self) -> int:
@@ -51,17 +75,6 @@ class ModelConfig:
     @property
     def state_size(self) -> int:
         return self.n_layers * self.layer_state_size
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 LOSSES = ("ce", "bpr", "sampled")
@@ -94,13 +107,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_len", "batch_size", "epochs", "patience", "eval_batch_size"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
+            require(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         if self.train_window is not None:
-            _require(self.train_window >= 1, "train_window", self.train_window, ">= 1")
-        _require(self.lr > 0, "lr", self.lr, "> 0")
-        _require(self.lambda_lr_scale > 0, "lambda_lr_scale", self.lambda_lr_scale, "> 0")
+            require(self.train_window >= 1, "train_window", self.train_window, ">= 1")
+        require(self.lr > 0, "lr", self.lr, "> 0")
+        require(self.lambda_lr_scale > 0, "lambda_lr_scale", self.lambda_lr_scale, "> 0")
         _one_of("loss", self.loss, LOSSES)
-        _require(self.negatives >= 1, "negatives", self.negatives, ">= 1")
+        require(self.negatives >= 1, "negatives", self.negatives, ">= 1")
         _one_of("sampler", self.sampler, SAMPLERS)
         _one_of("example_mode", self.example_mode, EXAMPLE_MODES)
         _one_of("select_mode", self.select_mode, SELECT_MODES)

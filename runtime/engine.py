@@ -236,21 +236,10 @@ class Engine:
         return old
 
     # ----------------------------------------------------------------- metadata
-    @property
-    def top_k(self) -> int:
-        return self.info.top_k
-
-    @property
-    def state_size(self) -> int:
-        return self.info.state_size
-
-    @property
-    def n_items(self) -> int:
-        return self.info.n_items
-
-    @property
-    def cell_hash(self) -> str:
-        return self.info.sha256
+    top_k = property(lambda self: self.info.top_k, doc="The cell's K (most items per answer).")
+    state_size = property(lambda self: self.info.state_size, doc="Floats in one user's state.")
+    n_items = property(lambda self: self.info.n_items, doc="The cell's catalog size.")
+    cell_hash = property(lambda self: self.info.sha256, doc="sha256 of the cell's ONNX bytes.")
 
     @property
     def state_key(self) -> str:

@@ -4,6 +4,7 @@ pytest adds tests/ to sys.path)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,26 @@ def assert_same_answers(got: dict[str, tuple[list, list]], want: dict[str, dict]
     for user, (items, scores) in got.items():
         assert list(items) == want[user]["items"], user
         np.testing.assert_allclose(list(scores), want[user]["scores"], rtol=1e-5, atol=1e-6)
+
+
+def local_spark(app: str, memory: str, **conf: str):
+    """A local[2] Spark on loopback with no UI, its Python workers on this interpreter."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    b = (
+        SparkSession.builder.master("local[2]")
+        .appName(app)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", memory)
+    )
+    for key, value in conf.items():
+        b = b.config(key, value)
+    session = b.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

@@ -41,10 +41,9 @@ def test_map_batches_matches_recblr_score_and_opens_the_cell_once_per_worker(
 
     def score_and_report(batch):  # each output batch says which process scored it
         out = frames.score_frame(batch, str(cell), k=K, unknown_items="skip")
-        out["pid"] = os.getpid()
-        out["batch"] = uuid.uuid4().hex
-        out["opens"] = json.dumps(frames.opens())
-        return out
+        return out.assign(
+            pid=os.getpid(), frame=uuid.uuid4().hex, opens=json.dumps(frames.opens())
+        )
 
     pdf = pd.DataFrame({"user": [u for u, _ in hist], "items": [h for _, h in hist]})
     blocks = [pdf.iloc[i : i + 5] for i in range(0, len(pdf), 5)]  # 8 blocks
@@ -52,6 +51,6 @@ def test_map_batches_matches_recblr_score_and_opens_the_cell_once_per_worker(
     rows = ds.map_batches(score_and_report, batch_format="pandas", batch_size=3).to_pandas()
 
     assert_same_answers({r.user: (r.items, r.scores) for r in rows.itertuples()}, want)
-    assert rows["batch"].nunique() > rows["pid"].nunique(), "expected several batches a process"
+    assert rows["frame"].nunique() > rows["pid"].nunique(), "expected several batches a process"
     for pid, opens in set(zip(rows["pid"], rows["opens"], strict=True)):
         assert json.loads(opens) == {str(cell): 1}, pid

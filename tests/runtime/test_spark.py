@@ -6,12 +6,11 @@ import functools
 import json
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from engine_reference import assert_same_answers, histories, recblr_score
+from engine_reference import assert_same_answers, histories, local_spark, recblr_score
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 pytest.importorskip("pyarrow", reason="Spark's mapInPandas needs pyarrow")
@@ -33,25 +32,15 @@ K = 5
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] Spark for the test session: 2 Python workers, small Arrow batches."""
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("recblr-test")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "512m")
-        .config("spark.sql.shuffle.partitions", "2")
-        # several Arrow batches per partition: the cell must still be opened once per worker
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
-        .getOrCreate()
+    session = local_spark(
+        "recblr-test",
+        "512m",
+        **{
+            "spark.sql.shuffle.partitions": "2",
+            # several Arrow batches per partition: the cell must still be opened once per worker
+            "spark.sql.execution.arrow.maxRecordsPerBatch": "4",
+        },
     )
-    session.sparkContext.setLogLevel("WARN")
     yield session
     session.stop()
 
@@ -74,10 +63,9 @@ def test_map_in_pandas_matches_recblr_score_and_opens_the_cell_once_per_worker(
 
     def score_and_report(batches):  # each output frame says which process scored it
         for out in score(batches):
-            out["pid"] = os.getpid()
-            out["frame"] = uuid.uuid4().hex
-            out["opens"] = json.dumps(frames.opens())
-            yield out
+            yield out.assign(
+                pid=os.getpid(), frame=uuid.uuid4().hex, opens=json.dumps(frames.opens())
+            )
 
     rdd = spark.sparkContext.parallelize(hist, 8)  # 8 tasks of 5 users, 2 frames each
     df = spark.createDataFrame(rdd, "user string, items array<string>")

@@ -27,6 +27,13 @@ def _rev(got: dict, u: str):
     return got[u].rev if u in got else None
 
 
+def _assert_reopens(path, users: int, user: str, first: float) -> None:
+    """A fresh store on the file sees `users` users, `user`'s state starting with `first`."""
+    s = SQLiteStore(path)
+    assert s.count() == users and s.get_many([user])[user].state[0] == first
+    s.close()
+
+
 def test_record_round_trips():
     s = UserState(
         cell="k", state=np.arange(6, dtype=np.float32), seq=7, n=3, rev=2, recent=["a/b", "é"],
@@ -127,9 +134,7 @@ def test_cache_count_and_durability(tmp_path):
     db.close()
     assert rows == {"a": 2, "c": 2}
     s.close()
-    s2 = SQLiteStore(p)
-    assert s2.count() == 2 and s2.get_many(["c"])["c"].state[0] == 5
-    s2.close()
+    _assert_reopens(p, 2, "c", 5)
 
 
 def test_background_checkpoint_keeps_wal_bounded(tmp_path):
@@ -159,9 +164,7 @@ def test_background_checkpoint_keeps_wal_bounded(tmp_path):
     assert wal.stat().st_size <= size * 1.2
     s.close()
     assert not wal.exists() or wal.stat().st_size == 0
-    s2 = SQLiteStore(p)
-    assert s2.count() == 16 and s2.get_many(["u3"])["u3"].state[0] == 3
-    s2.close()
+    _assert_reopens(p, 16, "u3", 3)
 
 
 def test_wal_stays_bounded_under_continuous_writes(tmp_path):
@@ -179,6 +182,4 @@ def test_wal_stays_bounded_under_continuous_writes(tmp_path):
         biggest = max(biggest, wal.stat().st_size)
     assert biggest < 4 << 20  # 600 * 8 states of 4 KiB each would be over 19 MiB
     s.close()
-    s2 = SQLiteStore(p)
-    assert s2.count() == 64 and s2.get_many(["u63"])["u63"].state[0] == 599
-    s2.close()
+    _assert_reopens(p, 64, "u63", 599)
