@@ -11,7 +11,7 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! python -c "import recblr, torch, onnx, onnxruntime, starlette, orjson, pytest, redis, pyspark, dask.distributed, schemathesis" >/dev/null 2>&1; then
+if ! python -c "import recblr, torch, onnx, onnxruntime, orjson, pytest, redis, pyspark, dask.distributed, schemathesis" >/dev/null 2>&1; then
     python -m pip install -q --upgrade pip
     # torch first and pinned, so the resolver does not pick a multi-GB build by itself;
     # RECBLR_TORCH overrides (e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
