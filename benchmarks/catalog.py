@@ -68,36 +68,45 @@ def synthetic_sequences(n_items: int, n_users: int, seed: int = 0) -> np.ndarray
 
 
 def train_briefly(n_items: int, seqs: np.ndarray, negatives: int = 1024, seconds: float = 120.0,
-                  users_per_batch: int = 50):
-    """One pass (or `seconds`) of sampled-softmax training; returns the model and the stats."""
+                  users_per_batch: int = 50, sparse: bool = True, lr: float = 1e-3):
+    """Sampled-softmax training through the trainer's own step (`recblr.train.train_epoch`,
+    optimiser from `make_optimizer`: SparseAdam for the item table when `sparse`), for one pass
+    over `seqs` or `seconds`, whichever ends first; returns the model (eval mode) and the stats."""
     import torch
 
-    from recblr.config import ModelConfig
+    from recblr.config import ModelConfig, TrainConfig
     from recblr.losses import NegativeSampler, make_loss
     from recblr.model import RecBLR
+    from recblr.train import Batch, make_optimizer, train_epoch
 
     torch.manual_seed(0)
+    cfg = TrainConfig(loss="sampled", negatives=negatives, sparse_embeddings=sparse, lr=lr)
     model = RecBLR(ModelConfig(n_items=n_items, dim=DIM))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, cfg)
     sampler = NegativeSampler.build("uniform", n_items)
     gen = torch.Generator().manual_seed(0)
     loss_fn = make_loss("sampled", model.item_emb, gen, negatives, sampler)
-    t0, steps, losses = time.perf_counter(), 0, []
-    model.train()
-    for b in range(0, len(seqs), users_per_batch):
-        x = torch.as_tensor(seqs[b : b + users_per_batch])
-        h, _ = model(x[:, :-1])
-        loss = loss_fn(h.reshape(-1, DIM), x[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        steps += 1
-        if time.perf_counter() - t0 > seconds:
-            break
+    empty = np.zeros(0, dtype=np.int64)
+    batches = [Batch(items=np.ascontiguousarray(x[:, :-1]), lengths=np.full(len(x), SEQ_LEN - 1, dtype=np.int64),
+                     targets=np.ascontiguousarray(x[:, 1:]), context=[empty] * len(x))
+               for x in (seqs[b : b + users_per_batch] for b in range(0, len(seqs), users_per_batch))]
+    losses: list[float] = []
+    last = [0.0, 0]
+    t0 = time.perf_counter()
+
+    def on_step(tally) -> bool:
+        losses.append((tally.loss_sum - last[0]) / (tally.pairs - last[1]))
+        last[:] = [tally.loss_sum, tally.pairs]
+        return time.perf_counter() - t0 > seconds
+
+    tally = train_epoch(model, opt, batches, loss_fn, torch.device("cpu"), on_step)
+    model.sparse_item_gradients(False)
     model.eval()
-    return model, {"steps": steps, "seconds": time.perf_counter() - t0, "first_loss": losses[0],
-                   "last_loss": float(np.mean(losses[-10:])), "negatives": negatives}
+    return model, {"steps": tally.steps, "of_steps": len(batches), "seconds": time.perf_counter() - t0,
+                   "first_loss": losses[0], "first10_loss": float(np.mean(losses[:10])),
+                   "last10_loss": float(np.mean(losses[-10:])), "negatives": negatives,
+                   "pairs_per_step": users_per_batch * (SEQ_LEN - 1),
+                   "optimizer": "SparseAdam (item table) + Adam" if sparse else "Adam"}
 
 
 def stream(engine, users: list[str], items: list[str], batch: int, budget_s: float, max_events: int):
@@ -118,7 +127,20 @@ def stream(engine, users: list[str], items: list[str], batch: int, budget_s: flo
             "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}, answers
 
 
-def serving_one(n_items: int, work: Path, args) -> dict:
+def set_search_ef(ann_path: Path, ef: int) -> None:
+    """Rewrite the index description's search beam: what a deployment changes to trade recall
+    for speed without rebuilding the index (the runtime reads it on open)."""
+    from recblr.runtime.ann import index_paths
+
+    desc = index_paths(ann_path)[1]
+    d = json.loads(desc.read_text())
+    d["ef_search"] = ef
+    desc.write_text(json.dumps(d))
+
+
+def serving_one(n_items: int, work: Path, args) -> tuple[dict, Path, Path]:
+    """Train, export both cells, stream through the engine at every (threads, batch, ef); the
+    cells stay in `work` for the server stage."""
     import torch
 
     from recblr.export.ann import export_retrieval, item_vectors, recall_at_10, user_vectors
@@ -129,19 +151,28 @@ def serving_one(n_items: int, work: Path, args) -> dict:
     torch.set_num_threads(1)
     n_users = args.users
     seqs = synthetic_sequences(n_items, n_users, seed=n_items)
-    model, train_stats = train_briefly(n_items, seqs, seconds=args.train_seconds)
+    model, train_stats = train_briefly(n_items, seqs, seconds=args.train_seconds, lr=args.lr)
+    print(f"  trained: {train_stats}", flush=True)
     ids = [str(i) for i in range(n_items + 1)]
     exact_path = work / f"exact_{n_items}.onnx"
     ann_path = work / f"ann_{n_items}" / "cell.onnx"
     t0 = time.perf_counter()
     export_cell(model, exact_path, top_k=10, item_ids=ids)
     export_s = time.perf_counter() - t0
-    _, build = export_retrieval(model, ids, ann_path, top_k=10, opset=18, ef_search=args.ef)
-    rss0 = rss_bytes()
-    ann_index = AnnTopK.open(ann_path, weights_sha256(model), n_items, DIM, threads=1)
-    index_rss = rss_bytes() - rss0  # the loaded index, as the runtime holds it
-    held_out = recall_at_10(ann_index, user_vectors(model, list(seqs[: args.recall_users])), item_vectors(model))
-    del model, ann_index
+    _, build = export_retrieval(model, ids, ann_path, top_k=10, opset=18, ef_search=args.efs[0],
+                                ef_construction=args.ef_construction)
+    print(f"  index built in {build.seconds:.0f}s", flush=True)
+    sha, users_q, items_v = weights_sha256(model), user_vectors(model, list(seqs[: args.recall_users])), item_vectors(model)
+    del model
+    held_out, index_rss = {}, 0
+    for ef in args.efs:
+        set_search_ef(ann_path, ef)
+        rss0 = rss_bytes()
+        ann_index = AnnTopK.open(ann_path, sha, n_items, DIM, threads=1)
+        index_rss = max(index_rss, rss_bytes() - rss0)  # the loaded index, as the runtime holds it
+        held_out[str(ef)] = recall_at_10(ann_index, users_q, items_v)
+        del ann_index
+    print(f"  held-out recall@10 by ef: {held_out}", flush=True)
     # Events: each user continues their own sequence; distinct users within a batch.
     rng = np.random.default_rng(1)
     order = rng.permutation(n_users)
@@ -155,41 +186,111 @@ def serving_one(n_items: int, work: Path, args) -> dict:
                                 "ann_index": build.bytes_on_disk},
                  "held_out_recall@10": held_out, "held_out_users": args.recall_users,
                  "runs": []}
-    for threads in (1, 2):
+    for threads in args.threads:
         exact = Engine(exact_path, providers="cpu", threads=threads)
-        ann = Engine(ann_path, providers="cpu", threads=threads)
         for batch in (1, 64):
             max_events = args.max_events if batch == 64 else args.max_events // 4
-            e_stats, e_ans = stream(exact, users, items, batch, args.budget, max_events)
-            a_stats, a_ans = stream(ann, users, items, batch, args.budget, max_events)
-            m = min(len(e_ans), len(a_ans))
-            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(a_ans[:m], e_ans[:m], strict=True)]))
-            row = {"threads": threads, "batch": batch, "exact": e_stats, "ann": a_stats,
-                   "ann_recall@10": recall, "recall_events": m,
-                   "ann_speedup": a_stats["events_per_s"] / e_stats["events_per_s"]}
-            res["runs"].append(row)
-            print(f"  n={n_items} threads={threads} batch={batch}: exact {e_stats['events_per_s']:.0f}/s "
-                  f"p50 {e_stats['p50_ms']:.2f}ms | ann {a_stats['events_per_s']:.0f}/s p50 "
-                  f"{a_stats['p50_ms']:.2f}ms | recall@10 {recall:.3f}", flush=True)
-    for p in (exact_path, ann_path.parent):
-        subprocess.run(["rm", "-rf", str(p)], check=False)
-    return res
+            for ef in args.efs:  # exact streams again before each ef: the ratio is taken seconds apart
+                set_search_ef(ann_path, ef)
+                ann = Engine(ann_path, providers="cpu", threads=threads)
+                e_stats, e_ans = stream(exact, users, items, batch, args.budget, max_events)
+                a_stats, a_ans = stream(ann, users, items, batch, args.budget, max_events)
+                del ann
+                m = min(len(e_ans), len(a_ans))
+                recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(a_ans[:m], e_ans[:m], strict=True)]))
+                row = {"threads": threads, "batch": batch, "ef": ef, "exact": e_stats, "ann": a_stats,
+                       "ann_recall@10": recall, "recall_events": m,
+                       "ann_speedup": a_stats["events_per_s"] / e_stats["events_per_s"]}
+                res["runs"].append(row)
+                print(f"  n={n_items} threads={threads} batch={batch} ef={ef}: exact {e_stats['events_per_s']:.0f}/s "
+                      f"p50 {e_stats['p50_ms']:.2f}ms | ann {a_stats['events_per_s']:.0f}/s p50 "
+                      f"{a_stats['p50_ms']:.2f}ms | x{row['ann_speedup']:.1f} | recall@10 {recall:.3f}", flush=True)
+        del exact
+    return res, exact_path, ann_path
+
+
+def serve_throughput(cells: dict[str, Path], work: Path, clients: int, seconds: float, rounds: int) -> dict:
+    """Each cell behind `recblr-serve` (its defaults, durable SQLite state), driven in turn by
+    benchmarks/serve.py's load generator (`clients` keep-alive connections, each streaming
+    events for its own users as fast as answers come); the order alternates between rounds."""
+    from serve import drive, start_cell_server, stop
+
+    servers = {}
+    try:
+        for name, cell in cells.items():
+            servers[name] = start_cell_server(cell, work / f"state_{name}.sqlite")
+        drive(servers[next(iter(cells))][1], clients, 1.0)  # warm-up of the first; each round has its own
+        out: dict = {name: [] for name in cells}
+        names = list(cells)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                row = drive(servers[name][1], clients, seconds)
+                out[name].append(row)
+                print(f"  serve {name}: {row['events_per_s']:.0f} events/s p50 {row['p50_ms']:.1f}ms "
+                      f"p99 {row['p99_ms']:.1f}ms errors {row['errors']}", flush=True)
+    finally:
+        for p, _ in servers.values():
+            stop(p)
+    return {"clients": clients, "seconds": seconds, "rounds": rounds, "load_generator": "benchmarks/serve.py drive()",
+            "by_cell": {n: {"rows": rows, "median_events_per_s": float(np.median([x["events_per_s"] for x in rows])),
+                            "median_p50_ms": float(np.median([x["p50_ms"] for x in rows])),
+                            "median_p99_ms": float(np.median([x["p99_ms"] for x in rows]))}
+                        for n, rows in out.items()}}
+
+
+def small_exact_cell(work: Path, n_items: int = 1349) -> Path:
+    """An ML-100K-sized exact cell (briefly trained the same way) for the serving-path reference."""
+    import torch
+
+    from recblr.export.onnx_export import export_cell
+
+    torch.set_num_threads(1)
+    seqs = synthetic_sequences(n_items, 2000, seed=n_items)
+    model, _ = train_briefly(n_items, seqs, seconds=20.0)
+    path = work / f"exact_{n_items}.onnx"
+    export_cell(model, path, top_k=10, item_ids=[str(i) for i in range(n_items + 1)])
+    return path
 
 
 def cmd_serving(args) -> None:
-    out = {**provenance(), "ef_search": args.ef, "seq_len": SEQ_LEN, "dim": DIM, "sizes": []}
+    out = {**provenance(), "efs": args.efs, "ef_construction": args.ef_construction, "seq_len": SEQ_LEN,
+           "dim": DIM, "train_seconds": args.train_seconds, "lr": args.lr, "sizes": []}
     name = args.name
     with tempfile.TemporaryDirectory(prefix="recblr-catalog-") as tmp:
+        work = Path(tmp)
         for n in args.sizes:
             print(f"catalog {n} items", flush=True)
-            out["sizes"].append(serving_one(n, Path(tmp), args))
+            res, exact_path, ann_path = serving_one(n, work, args)
+            res["load_average_after"] = os.getloadavg()
+            out["sizes"].append(res)
             write_result(name, out)  # keep what finished if a later size is stopped
+            if n == max(args.sizes) and args.serve_clients:
+                ef = chosen_ef(res)
+                set_search_ef(ann_path, ef)
+                cells = {"exact_1349": small_exact_cell(work), f"ann_{n}_ef{ef}": ann_path}
+                out["serve"] = serve_throughput(cells, work, args.serve_clients, args.serve_seconds, args.serve_rounds)
+                out["serve"]["ann_ef"] = ef
+                out["serve"]["load_average_after"] = os.getloadavg()
+                write_result(name, out)
+            subprocess.run(["rm", "-rf", str(exact_path), str(ann_path.parent)], check=False)
     plot(out, RESULTS / f"{name}.png")
     print(f"wrote {RESULTS / name}.json")
 
 
+def chosen_ef(size: dict) -> int | None:
+    """The smallest beam whose held-out recall@10 reaches 0.95 (else the widest measured)."""
+    recall = {int(k): v for k, v in size["held_out_recall@10"].items()}
+    ok = [ef for ef in sorted(recall) if recall[ef] >= 0.95]
+    return ok[0] if ok else max(recall)
+
+
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    """events/s against catalog size; ANN at each size's chosen beam (`chosen_ef`)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -199,7 +300,8 @@ def plot(result: dict, path: Path) -> None:
         for batch in (1, 64):
             xs, ys = [], []
             for s in result["sizes"]:
-                rows = [r for r in s["runs"] if r["batch"] == batch]
+                rows = [r for r in s["runs"] if r["batch"] == batch
+                        and (method == "exact" or r.get("ef", chosen_ef(s)) == chosen_ef(s))]
                 if rows:
                     xs.append(s["n_items"])
                     ys.append(max(r[method]["events_per_s"] for r in rows))
@@ -207,7 +309,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("catalog size (items)")
-    ax.set_ylabel("events/s (engine alone, best of 1-2 threads)")
+    ax.set_ylabel("events/s (engine alone; ANN at its chosen ef)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -316,7 +418,7 @@ from catalog import synthetic_sequences, train_briefly
 n, users = int(sys.argv[1]), int(sys.argv[2])
 seqs = synthetic_sequences(n, users, seed=n)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-_, stats = train_briefly(n, seqs, seconds=1e9)
+_, stats = train_briefly(n, seqs, seconds=1e9, sparse=False)  # the stored figures: dense Adam
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"n_items": n, "rss_before_bytes": base, "peak_rss_bytes": peak, "train": stats}))
 """
@@ -373,8 +475,14 @@ def main() -> None:
     s = sub.add_parser("serving")
     s.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
     s.add_argument("--users", type=int, default=10_000)
-    s.add_argument("--train-seconds", type=float, default=90.0)
-    s.add_argument("--ef", type=int, default=128)
+    s.add_argument("--train-seconds", type=float, default=240.0)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--efs", type=int, nargs="+", default=[32, 64, 128, 256], help="search beams, ascending")
+    s.add_argument("--ef-construction", type=int, default=100)
+    s.add_argument("--threads", type=int, nargs="+", default=[1])
+    s.add_argument("--serve-clients", type=int, default=64, help="0: skip the recblr-serve stage")
+    s.add_argument("--serve-seconds", type=float, default=5.0)
+    s.add_argument("--serve-rounds", type=int, default=2)
     s.add_argument("--budget", type=float, default=3.0, help="seconds per timed stream")
     s.add_argument("--max-events", type=int, default=4096)
     s.add_argument("--recall-users", type=int, default=500, help="whole histories for the held-out recall")

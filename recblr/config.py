@@ -79,6 +79,7 @@ class ModelConfig(NetworkSizes):
 
 LOSSES = ("ce", "bpr", "sampled")
 SAMPLERS = ("uniform", "popularity")
+SPARSE_LOSSES = ("bpr", "sampled")  # losses that touch only some item rows per step
 EXAMPLE_MODES = ("sequence", "prefix")
 SELECT_MODES = ("stream", "window")
 WINDOW_OFFSETS = ("fixed", "random")
@@ -99,6 +100,7 @@ class TrainConfig:
     loss: str = "ce"  # "ce" (full catalog), "bpr" (one sampled negative) or "sampled" (softmax)
     negatives: int = 1024  # --loss sampled: negatives shared by each batch
     sampler: str = "uniform"  # --loss sampled: "uniform" or "popularity" proposal
+    sparse_embeddings: bool = False  # sampled/bpr: sparse item-table gradient, SparseAdam for the table
     example_mode: str = "sequence"  # "sequence" (whole windows) or "prefix" (paper ref code)
     select_mode: str = "stream"  # evaluation mode used for early stopping
     eval_batch_size: int = 4096
@@ -115,6 +117,9 @@ class TrainConfig:
         _one_of("loss", self.loss, LOSSES)
         require(self.negatives >= 1, "negatives", self.negatives, ">= 1")
         _one_of("sampler", self.sampler, SAMPLERS)
+        require(not self.sparse_embeddings or self.loss in SPARSE_LOSSES, "sparse_embeddings", self.sparse_embeddings,
+                f"False with --loss {self.loss} (the full softmax touches every item row, so its gradient is "
+                "dense); use --loss sampled or bpr, or drop --sparse-embeddings")
         _one_of("example_mode", self.example_mode, EXAMPLE_MODES)
         _one_of("select_mode", self.select_mode, SELECT_MODES)
         _one_of("window_offsets", self.window_offsets, WINDOW_OFFSETS)

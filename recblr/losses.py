@@ -26,6 +26,13 @@ from recblr.errors import RecblrError
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def rows(emb: torch.Tensor, idx: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+    """Embedding rows `emb[idx]`. With `sparse`, the table's gradient is a sparse tensor over
+    the rows gathered (what SparseAdam takes), not a dense table-sized one; without it the plain
+    indexing is kept, so dense training stays bit-identical to what it was."""
+    return F.embedding(idx, emb, sparse=True) if sparse else emb[idx]
+
+
 def full_cross_entropy(h: torch.Tensor, targets: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     """Softmax over the whole catalog (padding excluded)."""
     logits = h @ emb.t()
@@ -33,10 +40,12 @@ def full_cross_entropy(h: torch.Tensor, targets: torch.Tensor, emb: torch.Tensor
     return F.cross_entropy(logits, targets)
 
 
-def bpr(h: torch.Tensor, targets: torch.Tensor, emb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """BPR against one uniformly drawn negative per pair."""
+def bpr(
+    h: torch.Tensor, targets: torch.Tensor, emb: torch.Tensor, gen: torch.Generator | None, sparse: bool = False,
+) -> torch.Tensor:
+    """BPR against one uniformly drawn negative per pair (`sparse`: see `rows`)."""
     neg = torch.randint(1, emb.shape[0], targets.shape, device=targets.device, generator=gen)
-    diff = (h * emb[targets]).sum(-1) - (h * emb[neg]).sum(-1)
+    diff = (h * rows(emb, targets, sparse)).sum(-1) - (h * rows(emb, neg, sparse)).sum(-1)
     return -F.logsigmoid(diff).mean()
 
 
@@ -90,8 +99,9 @@ def sampled_softmax(
     emb: torch.Tensor,
     negatives: torch.Tensor,
     log_q: torch.Tensor,
+    sparse: bool = False,
 ) -> torch.Tensor:
-    """Cross-entropy of each target against N shared negatives.
+    """Cross-entropy of each target against N shared negatives (`sparse`: see `rows`).
 
     Every logit, the target's included, is corrected by the log of the item's expected count
     among the N draws, log(N Q(item)): the sum over negatives of exp(s)/(N Q) estimates the
@@ -99,8 +109,8 @@ def sampled_softmax(
     each item once with N = n_items under a uniform Q gives back the full cross-entropy.
     """
     log_n = float(np.log(negatives.numel()))
-    pos = (h * emb[targets]).sum(-1) - (log_q[targets] + log_n)  # (P,)
-    neg = h @ emb[negatives].t() - (log_q[negatives] + log_n)  # (P, N)
+    pos = (h * rows(emb, targets, sparse)).sum(-1) - (log_q[targets] + log_n)  # (P,)
+    neg = h @ rows(emb, negatives, sparse).t() - (log_q[negatives] + log_n)  # (P, N)
     neg = neg.masked_fill(negatives.view(1, -1) == targets.view(-1, 1), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
     return -F.log_softmax(logits, dim=1)[:, 0].mean()
@@ -113,11 +123,13 @@ def make_loss(
     negatives: int = 0,
     sampler: NegativeSampler | None = None,
 ) -> LossFn:
-    """The training loss `loss_fn(h, targets)` selected by `--loss`."""
+    """The training loss `loss_fn(h, targets)` selected by `--loss`. Sampled softmax and BPR
+    gather rows sparsely when the table's lookup is sparse (`emb.sparse`, set for training with
+    `sparse_embeddings`), so the table gets one sparse gradient."""
     if kind == "ce":
         return lambda h, t: full_cross_entropy(h, t, emb.weight)
     if kind == "bpr":
-        return lambda h, t: bpr(h, t, emb.weight, gen)
+        return lambda h, t: bpr(h, t, emb.weight, gen, emb.sparse)
     if kind == "sampled":
         if negatives < 1:
             raise RecblrError(f"--negatives {negatives}: sampled softmax needs at least 1 negative")
@@ -125,7 +137,7 @@ def make_loss(
             raise ValueError("sampled softmax needs a NegativeSampler")
 
         def loss_fn(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return sampled_softmax(h, t, emb.weight, sampler.sample(negatives, gen), sampler.log_q)
+            return sampled_softmax(h, t, emb.weight, sampler.sample(negatives, gen), sampler.log_q, emb.sparse)
 
         return loss_fn
     raise RecblrError(f"--loss {kind!r}: use one of {', '.join(LOSSES)}")

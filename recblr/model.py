@@ -179,6 +179,12 @@ class RecBLR(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    def sparse_item_gradients(self, on: bool) -> None:
+        """Make the item table's gradient sparse (only the rows a step looked up) or dense again:
+        what lets SparseAdam train a 10^6-row table without a table-sized pass per step. It changes
+        no value, only how the gradient is stored; export and serving never see it."""
+        self.item_emb.sparse = on
+
     def lambda_parameters(self) -> dict[str, nn.Parameter]:
         """Each BD-LRU's Lambda by name: the decay floors, which training and analysis single out."""
         return {f"{n}.lam": m.lam for n, m in self.named_modules() if isinstance(m, BDLRU)}

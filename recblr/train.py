@@ -207,7 +207,7 @@ class EpochTally:
 
 def train_epoch(
     model: RecBLR,
-    opt: torch.optim.Optimizer,
+    opt: Optimizer,
     batches: list[Batch],
     loss_fn: LossFn,
     device: torch.device,
@@ -276,6 +276,57 @@ def param_groups(model: RecBLR, cfg: TrainConfig) -> list[dict]:
     return [{"params": rest}, {"params": lam, "lr": cfg.lr * cfg.lambda_lr_scale}]
 
 
+class SparseDenseAdam:
+    """SparseAdam for the item table (a sparse gradient over the rows a step touched), Adam for
+    every other parameter: one optimiser for the loop and the resumable checkpoint.
+
+    SparseAdam updates only the rows in the gradient, their moments included, so a step costs
+    O(rows touched) instead of a pass over the whole table; untouched rows keep their moments
+    instead of decaying them as dense Adam does (the one difference from dense training)."""
+
+    def __init__(self, dense_groups: list[dict], table: torch.nn.Parameter, lr: float):
+        self.dense = torch.optim.Adam(dense_groups, lr=lr)
+        self.sparse = torch.optim.SparseAdam([table], lr=lr)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.dense.param_groups + self.sparse.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != {"dense", "sparse"}:
+            raise RecblrError("--resume: the checkpoint's optimiser is dense Adam; resume without "
+                              "--sparse-embeddings (or start a new run)")
+        self.dense.load_state_dict(state["dense"])
+        self.sparse.load_state_dict(state["sparse"])
+
+
+Optimizer = torch.optim.Adam | SparseDenseAdam
+
+
+def make_optimizer(model: RecBLR, cfg: TrainConfig) -> Optimizer:
+    """Adam over `param_groups`, or with `cfg.sparse_embeddings` SparseAdam for the item table
+    (whose lookups are then made sparse) and Adam for the rest."""
+    groups = param_groups(model, cfg)
+    if not cfg.sparse_embeddings:
+        model.sparse_item_gradients(False)
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    table = model.item_emb.weight
+    groups = [{**g, "params": [p for p in g["params"] if p is not table]} for g in groups]
+    model.sparse_item_gradients(True)
+    return SparseDenseAdam(groups, table, cfg.lr)
+
+
 def train(
     data: SequenceData,
     model_cfg: ModelConfig,
@@ -302,6 +353,9 @@ def train(
         raise ValueError("model_cfg.n_items must equal the data's catalog size")
     console = console or Console(stderr=True)
     world = world_from_env()
+    if cfg.sparse_embeddings and world.distributed:
+        raise RecblrError("sparse_embeddings: not with several processes (DDP reduces dense gradients "
+                          "only); train with one process or drop --sparse-embeddings")
     device = distributed.init(world, resolve_device(cfg.device))
     if not world.main:
         console.quiet = True
@@ -314,7 +368,7 @@ def train(
     net = model
     if world.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
+    opt = make_optimizer(model, cfg)
     train_seqs = data.train_sequences()
     sampler = None
     if cfg.loss == "sampled":
@@ -430,6 +484,7 @@ def train(
             if any_rank([stop.requested], world, device)[0] and epoch < cfg.epochs:
                 stopped = True
                 break
+    model.sparse_item_gradients(False)  # the trained model is dense again for whoever uses it
     distributed.shutdown(world)  # the last collective is behind us: rank 0 alone evaluates and saves
     if stopped:
         raise TrainingStopped(stop.signal or "a signal to another rank", checkpoint_dir)
