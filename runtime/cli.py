@@ -29,7 +29,6 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v: v for v in values}, type=str)
 
 
-StoreKind = choices("StoreKind", ("sqlite", "memory"))
 Durability = choices("Durability", ("normal", "full"))
 AdminReload = choices("AdminReload", ("off", "loopback", "any"))
 Policy = choices("Policy", ("error", "skip"))
@@ -62,22 +61,26 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port (0 = pick a free one; printed at start)")] = (
         8000
     ),
-    state: Annotated[
+    store: Annotated[
         str,
         typer.Option(
-            help="the state store: a SQLite file (or sqlite:PATH), or redis://HOST:PORT/DB "
-            "(valkey:// too) shared by several servers"
+            help="where user state lives: sqlite (durable, in the --state file), memory (LRU, "
+            "lost on exit), or redis://HOST:PORT/DB (rediss://, valkey://, unix:// too): a "
+            "Valkey/Redis server any number of servers share (docs/valkey.md)"
         ),
-    ] = "recblr-state.db",
-    store: Annotated[StoreKind, typer.Option(help="sqlite (durable, --state) or memory (LRU)")] = (
-        StoreKind.sqlite
+    ] = "sqlite",
+    state: Annotated[str, typer.Option(help="the SQLite file of --store sqlite")] = (
+        "recblr-state.db"
     ),
     memory_users: Annotated[int, typer.Option(help="users kept by --store memory (LRU)")] = (
         1_000_000
     ),
     durability: Annotated[
         Durability,
-        typer.Option(help="normal: survives kill -9; full: fsync per batch, survives power loss"),
+        typer.Option(
+            help="normal: survives kill -9; full: fsync per batch, survives power loss (on "
+            "Valkey/Redis: refuses a server that does not run appendfsync always)"
+        ),
     ] = Durability.normal,
     max_batch: Annotated[int, typer.Option(help="events per ORT call (1 = no micro-batching)")] = (
         256
@@ -148,7 +151,10 @@ def serve(
     _check(shutdown_timeout > 0, f"--shutdown-timeout {shutdown_timeout}: must be > 0 seconds")
     from recblr.runtime.engine import Engine
 
-    st = _open_store("memory" if store == StoreKind.memory else state, durability, memory_users)
+    st = _open_store(store_spec(store, state), durability, memory_users)
+    warning = getattr(st, "durability_warning", None)
+    if warning:
+        print(f"recblr-serve: warning: {warning}", file=sys.stderr, flush=True)
     try:
         engine = Engine(
             onnx,
@@ -181,6 +187,26 @@ def serve(
         st.close()  # idempotent: the server's shutdown may have closed it already
 
 
+def store_spec(store: str, state: str) -> str:
+    """`--store` and `--state` as `open_store`'s one spec: 'memory', a Valkey/Redis URL, or
+    the SQLite file. A URL belongs to --store only (one way to say it)."""
+    from recblr.runtime.redis_store import SCHEMES
+
+    if store == "memory":
+        return "memory"
+    if store.startswith(SCHEMES):
+        return store
+    _check(
+        store == "sqlite",
+        f"--store {store!r}: use sqlite, memory or a Valkey/Redis URL (redis://HOST:PORT/DB)",
+    )
+    _check(
+        not state.startswith(SCHEMES),
+        "--state is the SQLite file; give a Valkey/Redis store as --store redis://HOST:PORT/DB",
+    )
+    return state
+
+
 def _open_store(spec: str, durability: Durability, memory_users: int):
     from recblr.runtime.store import open_store
 
@@ -192,6 +218,13 @@ def _open_store(spec: str, durability: Durability, memory_users: int):
         parent = Path(spec.removeprefix("sqlite:")).parent
         why = f"folder {parent} does not exist" if not parent.is_dir() else str(e)
         raise RecblrError(f"--state {spec}: cannot open the state store ({why})") from None
+
+
+def store_desc(store) -> str:
+    """The store as the start line names it: its kind, and a Valkey/Redis server's promise."""
+    kind = getattr(store, "kind", type(store).__name__)
+    promise = getattr(store, "server_durability", None)
+    return f"{kind}, {promise}" if promise else kind
 
 
 def set_gil_switch_interval(us: int) -> None:
@@ -260,11 +293,12 @@ def run_http(
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, app.reloader.on_sighup
             )  # reload the last cell path
+            await app.reloader.boot()  # carry over records another cell made (a restart)
             info = engine.info
             print(
                 f"recblr-serve: listening on http://{host}:{bound} (cell {info.short_hash}, "
                 f"{info.n_items} items, K={info.top_k}, {engine.providers[0]}, "
-                f"store {getattr(engine.store, 'kind', '?')})",
+                f"store {store_desc(engine.store)})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -7,6 +7,12 @@ Every record the call changed is then written with one `StateStore.commit` (comp
 on each record's revision), and only then are results returned: an acknowledged event is in
 the store. A user whose compare failed (another process wrote the record meanwhile) is
 re-read and their events re-stepped, a few times, then answered with a `Conflict` (503).
+
+A record made by another cell is rebuilt for this one by replaying its stored recent items
+(`migrate`), unless the store orders cells (a shared Valkey/Redis store: `register_cell`,
+`cell_generations`) and the record's cell is newer than this one: while replicas are reloaded
+one at a time, an old replica answers such a user `NewerCell` (503) instead of migrating it
+back, so no user ping-pongs between two cells.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from recblr.runtime.errors import (
     Conflict,
     CorruptState,
     NonFiniteOutput,
+    RuntimeUserError,
     UnknownItem,
     UnknownUser,
 )
@@ -39,6 +46,11 @@ from recblr.runtime.store import (
 )
 
 UNKNOWN_POLICIES = ("error", "skip")
+
+
+class NewerCell(RuntimeUserError, status=503, code="newer_cell"):
+    """The user's record was made by a cell newer than this replica's: reload the replica
+    (another replica on the new cell can serve the user; a load balancer may retry there)."""
 
 
 @dataclass
@@ -177,6 +189,7 @@ class Engine:
         self._x = max(exclude_seen, 1)
         self._install(self.open_cell(onnx_path, providers))
         self.store: StateStore = store if store is not None else MemoryStore()
+        self._register(newest=False)
         self.keep_history = max(keep_history, exclude_seen)
         self.unknown_items = unknown_items
         self.stats = EngineStats()
@@ -232,8 +245,18 @@ class Engine:
         replay slice) runs on one cell from start to end."""
         with self._lock:
             old = self.info
+            if cell.info.state_key != old.state_key:
+                self._register(newest=True, info=cell.info)
             self._install(cell)
         return old
+
+    def _register(self, newest: bool, info: CellInfo | None = None) -> None:
+        """Give the cell its place in the store's cell order (stores shared by replicas keep
+        one): at start only if it has none, on a swap as the newest."""
+        register = getattr(self.store, "register_cell", None)
+        if register is not None:
+            info = info or self.info
+            register(info.state_key, info.short_hash, newest)
 
     # ----------------------------------------------------------------- metadata
     top_k = property(lambda self: self.info.top_k, doc="The cell's K (most items per answer).")
@@ -319,9 +342,38 @@ class Engine:
         got = self.store.get_many(users)
         slots = {u: self._slot(u, got.get(u)) for u in users}
         stale = [u for u, sl in slots.items() if sl.reset is not None]
+        if stale:
+            stale = self._older_only(stale, got, slots)
         if stale and self.keep_history:
             self._migrate_slots([(got[u], slots[u]) for u in stale])
         return slots
+
+    def _older_only(self, stale: list[str], got: dict, slots: dict[str, _Slot]) -> list[str]:
+        """The stale users whose record this cell may replace: on a store that orders cells,
+        a record of a newer cell fails its user with NewerCell instead (one round trip for
+        the batch). A cell the store has no generation for counts as older."""
+        gens_of = getattr(self.store, "cell_generations", None)
+        if gens_of is None:
+            return stale
+        key = self._state_key
+        gens = gens_of([key, *{got[u].cell for u in stale}])
+        mine = gens.get(key, (0, ""))[0]
+        older = []
+        for u in stale:
+            s = got[u]
+            gen, name = gens.get(s.cell, (0, ""))
+            if gen <= mine:
+                older.append(u)
+                continue
+            slots[u] = _Slot(
+                s.rev,
+                s,
+                error=NewerCell(
+                    f"user {u!r}'s state was made by newer cell {name}; this replica serves "
+                    f"{self.info.short_hash}: reload this replica (POST /admin/reload or SIGHUP)"
+                ),
+            )
+        return older
 
     def _migrate_slots(self, stale: list[tuple[UserState, _Slot]]) -> None:
         """Rebuild records made by another cell by replaying their stored recent items through
@@ -367,6 +419,13 @@ class Engine:
             lost = self.store.commit(writes)
             self._count_moves(slots, lost)
         return len(writes) - len(lost)
+
+    def stale_users(self, users: Sequence[str]) -> list[str]:
+        """Of `users`, those whose stored record another cell made: the sweep's check of a
+        whole scan page, without the engine's lock (`migrate` re-reads them under it)."""
+        key = self._state_key
+        got = self.store.get_many(list(dict.fromkeys(users)))
+        return [u for u, s in got.items() if s.cell not in (key, CORRUPT_CELL)]
 
     def _count_moves(self, slots: dict[str, _Slot], lost: set[str]) -> None:
         for u, sl in slots.items():
@@ -598,6 +657,8 @@ class Engine:
                 )
         for _ in range(self.COMMIT_ATTEMPTS):
             sl = self._load([user])[user]
+            if isinstance(sl.error, NewerCell):  # never overwrite a newer cell's record
+                raise sl.error
             stored_seq = sl.st.seq
             if seq is not None and stored_seq is not None and seq <= stored_seq:
                 self.stats.events_duplicate += 1

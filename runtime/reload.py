@@ -10,8 +10,13 @@ Users are then carried over by replay, never by feeding an old state to the new 
 record made by another cell is rebuilt from its stored recent items (`Engine.migrate`),
 lazily when the user's next event or read arrives, and by a background sweep over
 `store.scan()` that migrates the rest a small slice at a time through the same batcher,
-stepping aside while live events are waiting. With `--keep-history 0` there is nothing to
-replay: each user is reset on their next event, and that answer says `"reset": "cell_changed"`.
+stepping aside while live events are waiting. The sweep also runs when the server starts
+(`Reloader.boot`): a restart on another cell carries the stored users over the same way.
+`pending` (and `/metrics`' `recblr_migration_pending_users`) is the number of stored users the
+running sweep has not checked yet; it reads 0 only once every stored user has been checked and,
+where another (older) cell made its record and it has a history, rebuilt. With
+`--keep-history 0` there is nothing to replay: each user is reset on their next event, and
+that answer says `"reset": "cell_changed"`.
 
 The endpoint is for operators: loopback-only by default (`--admin-reload loopback`), `off`
 refuses it, `any` accepts it from every address (put it behind your own access control).
@@ -55,6 +60,7 @@ class Reloader:
     """Owns cell changes of one server: the reload itself, the sweep, and their counters."""
 
     SWEEP_SLICE = 8  # users migrated per batcher turn (a turn replays their whole histories)
+    SCAN_PAGE = 256  # users read per check of the sweep (outside the batcher)
     SWEEP_SHARE = 0.25  # the most of the engine's time the sweep takes while events flow
 
     def __init__(self, engine: Engine, batcher: MicroBatcher, metrics: Metrics, admin: str):
@@ -64,7 +70,7 @@ class Reloader:
         self.path = Path(engine.info.path)
         self._busy = False
         self._sweep: asyncio.Task | None = None
-        self.pending = 0  # stored users the current sweep has not visited yet
+        self.pending = 0  # stored users the current sweep has not checked yet
         self.swept = 0
         self.sweep_seconds = 0.0
         self.outcomes = {"done": 0, "refused": 0}
@@ -76,7 +82,11 @@ class Reloader:
                 "counter",
                 "replayed items unknown to the cell",
             ),
-            ("recblr_migration_pending_users", "gauge", "stored users the sweep has yet to visit"),
+            (
+                "recblr_migration_pending_users",
+                "gauge",
+                "stored users the migration sweep (at start, after a reload) has yet to check",
+            ),
         ):
             metrics.describe(name, kind, text)
 
@@ -158,6 +168,13 @@ class Reloader:
         asyncio.get_running_loop().create_task(run())
 
     # ----------------------------------------------------------------- the sweep
+    async def boot(self) -> None:
+        """At the server's start: sweep the store when it holds users, so records another
+        cell made (a restart on a new cell) are carried over without waiting to be touched,
+        and `pending` counts them until then."""
+        if self.engine.keep_history > 0 and await asyncio.to_thread(self.engine.users_held):
+            await self._start_sweep()
+
     async def _start_sweep(self) -> None:
         await self.stop()
         self.pending = await asyncio.to_thread(self.engine.users_held)
@@ -165,27 +182,30 @@ class Reloader:
         self._sweep = asyncio.create_task(self._sweep_all())
 
     async def _sweep_all(self) -> None:
-        """Visit every stored user once, a slice per batcher turn. A slice queues behind the
-        live events already waiting; while events are in flight, the sweep then waits long
-        enough to take at most SWEEP_SHARE of the engine's time (when idle, it runs flat out)."""
+        """Check every stored user once: a scan page at a time, read outside the batcher;
+        the records another cell made are migrated a slice per batcher turn. A slice queues
+        behind the live events already waiting; while events are in flight, the sweep then
+        waits long enough to take at most SWEEP_SHARE of the engine's time (when idle, it
+        runs flat out)."""
         engine, store, batcher = self.engine, self.engine.store, self.batcher
         t0 = time.perf_counter()
         cursor: int | str = 0
         while True:
             try:
-                cursor, users = await asyncio.to_thread(store.scan, cursor, self.SWEEP_SLICE)
-                spent = (
-                    await batcher.call(lambda u=users: _timed(engine.migrate, u)) if users else 0
-                )
+                cursor, users = await asyncio.to_thread(store.scan, cursor, self.SCAN_PAGE)
+                stale = await asyncio.to_thread(engine.stale_users, users) if users else []
+                for i in range(0, len(stale), self.SWEEP_SLICE):
+                    part = stale[i : i + self.SWEEP_SLICE]
+                    spent = await batcher.call(lambda u=part: _timed(engine.migrate, u))
+                    self.swept += len(part)
+                    if batcher.inflight:
+                        await asyncio.sleep(spent * (1 - self.SWEEP_SHARE) / self.SWEEP_SHARE)
             except RuntimeUserError as e:  # e.g. the store went away: users migrate lazily
                 print(f"recblr-serve: migration sweep stopped: {e}", file=sys.stderr)
                 return
-            self.swept += len(users)
             self.pending = max(0, self.pending - len(users))
             if cursor == 0:
                 break
-            if batcher.inflight:
-                await asyncio.sleep(spent * (1 - self.SWEEP_SHARE) / self.SWEEP_SHARE)
         self.pending = 0
         self.sweep_seconds = time.perf_counter() - t0
 

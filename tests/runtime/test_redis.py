@@ -301,7 +301,7 @@ def test_two_replicas_exactly_once_through_a_sigkill(
     plan = {f"user{u}": [rng.choice(ITEMS) for _ in range(per_user)] for u in range(n_users)}
     users = list(plan)
     args = ("--max-batch", "64", "--max-wait-ms", "2")
-    replicas = [start_server(cell, *args, state=url) for _ in range(2)]  # --state redis://
+    replicas = [start_server(cell, "--store", url, *args) for _ in range(2)]
     urls = [r.url for r in replicas]
     answers: dict[tuple[str, int], list[dict]] = {}
     done = {"events": 0, "retries": 0}
@@ -340,7 +340,7 @@ def test_two_replicas_exactly_once_through_a_sigkill(
         # wait for it): a replica that never comes up fails the test instead of hanging it
         started: list = []
         threading.Thread(
-            target=lambda: started.append(start_server(cell, *args, state=url)), daemon=True
+            target=lambda: started.append(start_server(cell, "--store", url, *args)), daemon=True
         ).start()
         while not started:
             await asyncio.sleep(0.05)
@@ -383,7 +383,7 @@ def test_two_replicas_exactly_once_through_a_sigkill(
 def test_serve_with_unreachable_store_says_so_in_one_line(cell):
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"
     p = subprocess.run(
-        [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0", "--state", url],
+        [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0", "--store", url],
         capture_output=True,
         text=True,
         timeout=60,
