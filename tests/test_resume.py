@@ -112,3 +112,23 @@ def test_settings_differences_name_what_differs_and_allow_run_length_changes():
     assert settings_differences(saved, {"epochs": 50, "patience": 9, "dim": 64}) == []
     assert settings_differences(saved, {"dim": 32, "lr": 1e-3, "seed": 2}) == [
         "--dim 32 (checkpoint: 64)", "--seed 2 (checkpoint: 1)"]
+
+
+def test_sparse_embeddings_run_resumed_from_an_epoch_end_is_bitwise_identical(small_inter: Path, tmp_path: Path):
+    """The combined optimiser (SparseAdam for the item table, Adam for the rest) goes through the
+    resumable checkpoint whole: stopping after epoch 1 and resuming gives the uninterrupted run."""
+    from recblr.config import ModelConfig, TrainConfig
+    from recblr.data import load_dataset
+    from recblr.train import train
+
+    data = load_dataset(str(small_inter))
+    model_cfg = ModelConfig(n_items=data.n_items, dim=8)
+    cfg = dict(max_len=8, batch_size=64, loss="sampled", negatives=8, sparse_embeddings=True, patience=10, seed=3)
+    whole = train(data, model_cfg, TrainConfig(epochs=2, **cfg))
+    train(data, model_cfg, TrainConfig(epochs=1, **cfg), checkpoint_dir=tmp_path)
+    state, _ = load_resume(tmp_path, say=lambda _: None)
+    assert set(state["optimizer"]) == {"dense", "sparse"}
+    resumed = train(data, model_cfg, TrainConfig(epochs=2, **cfg), resume=state)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k

@@ -153,3 +153,93 @@ def test_no_finite_validation_is_a_clear_error(small_inter: Path, monkeypatch):
     cfg = TrainConfig(max_len=8, batch_size=64, epochs=2)
     with pytest.raises(RecblrError, match="no epoch gave a finite validation NDCG@10"):
         train(data, ModelConfig(n_items=data.n_items, dim=8), cfg)
+
+
+def _one_step(model: RecBLR, cfg: TrainConfig, batch, seed: int = 0):
+    """One `train_epoch` step of `batch` with the trainer's optimiser; returns the table's gradient."""
+    from recblr.losses import NegativeSampler, make_loss
+    from recblr.train import make_optimizer, train_epoch
+
+    opt = make_optimizer(model, cfg)
+    sampler = NegativeSampler.build("uniform", model.cfg.n_items)
+    loss_fn = make_loss(cfg.loss, model.item_emb, torch.Generator().manual_seed(seed), cfg.negatives, sampler)
+    grads = []
+    real_step = opt.step
+
+    def step():  # the gradient the optimiser is about to apply
+        grads.append(model.item_emb.weight.grad)
+        real_step()
+
+    opt.step = step
+    torch.manual_seed(seed)
+    tally = train_epoch(model, opt, [batch], loss_fn, torch.device("cpu"))
+    return grads[0], tally
+
+
+def _batch(n_items: int, rows: int = 6, length: int = 7, seed: int = 0):
+    from recblr.train import Batch
+
+    x = np.random.default_rng(seed).integers(1, n_items + 1, (rows, length + 1))
+    return Batch(x[:, :-1].copy(), np.full(rows, length), x[:, 1:].copy(), [np.zeros(0, dtype=np.int64)] * rows)
+
+
+@pytest.mark.parametrize("loss", ["sampled", "bpr"])
+def test_sparse_embeddings_give_the_dense_gradient_and_first_step(loss: str):
+    """Sparse lookups change how the table's gradient is stored, not its values. The first step
+    moves an untouched row by 0 in both (Adam's zero gradient gives a zero step) and a touched
+    entry by lr g / (|g| + eps'): Adam's eps' is eps, SparseAdam's eps / sqrt(1 - beta2) (it adds
+    eps before the bias correction). The rest of the network is updated by the same Adam."""
+    cfg = ModelConfig(n_items=50, dim=8, dropout=0.0)
+    batch = _batch(50)
+    torch.manual_seed(1)
+    dense_model = RecBLR(cfg)
+    sparse_model = RecBLR(cfg)
+    sparse_model.load_state_dict(dense_model.state_dict())
+    w0 = dense_model.item_emb.weight.detach().clone()
+    g_dense, t_dense = _one_step(dense_model, TrainConfig(loss=loss, negatives=16), batch)
+    g_sparse, t_sparse = _one_step(sparse_model, TrainConfig(loss=loss, negatives=16, sparse_embeddings=True), batch)
+    assert not g_dense.is_sparse and g_sparse.is_sparse
+    assert torch.allclose(g_sparse.to_dense(), g_dense, atol=1e-7)
+    assert t_sparse.loss_sum == pytest.approx(t_dense.loss_sum, rel=1e-6)
+    touched = g_dense.abs().sum(1) > 0
+    assert 0 < int(touched.sum()) < cfg.n_items + 1  # some rows untouched: the case SparseAdam differs on later
+    lr, eps, beta2 = 1e-3, 1e-8, 0.999
+    for model, eps_used in ((dense_model, eps), (sparse_model, eps / (1 - beta2) ** 0.5)):
+        moved = model.item_emb.weight.detach() - w0
+        assert torch.allclose(moved, -lr * g_dense / (g_dense.abs() + eps_used), rtol=1e-4, atol=1e-9)
+        assert not moved[~touched].any()
+    for k, v in dense_model.state_dict().items():
+        if k != "item_emb.weight":
+            assert torch.allclose(sparse_model.state_dict()[k], v, atol=1e-7), k
+
+
+def test_sparse_embeddings_gradient_does_not_grow_with_the_catalog():
+    """The table's gradient holds one row per lookup, whatever the catalog size: a step's memory
+    beyond the table (and SparseAdam's two moments) is flat in the catalog."""
+    sizes = {}
+    for n in (100, 100_000):
+        torch.manual_seed(0)
+        g, _ = _one_step(RecBLR(ModelConfig(n_items=n, dim=8)), TrainConfig(loss="sampled", negatives=32,
+                                                                          sparse_embeddings=True), _batch(n))
+        assert g.is_sparse and g.shape == (n + 1, 8)
+        sizes[n] = g._values().numel()
+    assert max(sizes.values()) <= (6 * 7 * 2 + 32) * 8  # at most inputs + targets + negatives, 8 floats each
+
+
+def test_sparse_embeddings_training_learns(small_inter: Path):
+    data = load_dataset(str(small_inter))
+    cfg = TrainConfig(max_len=8, batch_size=64, epochs=4, loss="sampled", negatives=16, sparse_embeddings=True, seed=1)
+    result = train(data, ModelConfig(n_items=data.n_items, dim=16, dropout=0.1), cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.metrics["test"]["stream"]["hr@10"] > 0.3  # chance is ~10/30
+    assert not result.model.item_emb.sparse  # handed back dense, for export and evaluation
+
+
+def test_sparse_embeddings_refused_with_ce_and_under_ddp(small_inter: Path, monkeypatch):
+    with pytest.raises(RecblrError, match="sparse_embeddings True: must be False with --loss ce"):
+        TrainConfig(loss="ce", sparse_embeddings=True)
+    data = load_dataset(str(small_inter))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RecblrError, match="sparse_embeddings: not with several processes"):
+        train(data, ModelConfig(n_items=data.n_items, dim=8), TrainConfig(loss="bpr", sparse_embeddings=True))
