@@ -12,7 +12,7 @@ after another. Each case also prints a digest of (item ids, user ids, items, off
 the old and new paths, and the CSV and Parquet copies, are checked to give the same data.
 
     python benchmarks/data.py --sizes 1e6 1e7 1e8 --old-max 1e7 [--dir /tmp/recblr-bench]
-    python benchmarks/data.py --feed /tmp/recblr-bench/events_1e07.parquet --out data_feed
+    python benchmarks/data.py --feed /tmp/recblr-bench/events_1e07.parquet --out data_feed   # a file of --sizes
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ MIN_COUNT = 5
 
 
 def n_items_for(n: int) -> int:
-    return 100_000 if n <= 1_000_000 else 1_000_000
+    """Catalog size: a tenth of the events, capped at 10^6 (small files for tests stay 5-core-able)."""
+    return min(1_000_000, max(100, n // 10))
 
 
 def zipf_cdf(n: int, s: float):
@@ -157,65 +158,66 @@ def case(kind: str, path: str) -> dict:
     return out
 
 
-def feed(path: Path, steps: int) -> dict:
-    """One training epoch's data feed against its compute, on the prepared file: the feed is
-    the epoch's windows and batches plus each batch's slicing and padding; the compute is
-    the rest of a step (carried state, forward, loss, backward, Adam). Compute is timed on
-    `steps` batches and scaled to the epoch (CPU, one thread). The same batches are also cut
-    with `SequenceData.windows` (one gather from the CSR arrays) and checked equal."""
+def feed(path: Path, losses: list[str], max_steps: int, budget_s: float) -> dict:
+    """One training epoch's data feed against its compute, on the prepared file, through the
+    training loop's own pieces. Feed: `recblr.train.epoch_batches` (windows, length batches,
+    padding and each row's context; all of an epoch's host-side work). Compute:
+    `recblr.train.train_epoch` steps (tensors to the device, carried state, forward, loss,
+    backward, Adam), timed one by one after a warm-up step, up to `max_steps` steps or
+    `budget_s` seconds per loss (at least 3 steps), and scaled to the epoch's batches (CPU,
+    one thread)."""
     import numpy as np
     import torch
 
     from recblr.config import ModelConfig, TrainConfig
     from recblr.data import load_dataset
-    from recblr.evaluate import pad_right
+    from recblr.losses import NegativeSampler, make_loss
     from recblr.model import RecBLR
-    from recblr.train import carried_states, length_batches, next_item_loss, sequence_windows
+    from recblr.train import epoch_batches, param_groups, train_epoch
 
     torch.set_num_threads(1)
     t = time.perf_counter()
     d = load_dataset(str(path), time_col="ts", show_progress=False)
     prepare = time.perf_counter() - t
-    cfg = TrainConfig(device="cpu")
-    model = RecBLR(ModelConfig(n_items=d.n_items))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    rng = np.random.default_rng(0)
+    device = torch.device("cpu")
+    base = TrainConfig(device="cpu")
     t = time.perf_counter()
     seqs = d.train_sequences()
-    windows = sequence_windows(seqs, cfg.max_len)
-    batches = length_batches(np.array([w[2] for w in windows]), cfg.batch_size, rng)
-    plan = time.perf_counter() - t
-    pad_s, csr_s, step_s = [], [], []
-    for batch in batches[:steps]:
-        t = time.perf_counter()
-        ws = [windows[i] for i in batch]
-        items, lens = pad_right([seqs[u][s : s + n] for u, s, n in ws])
-        tgts, _ = pad_right([seqs[u][s + 1 : s + n + 1] for u, s, n in ws])
-        pad_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        starts = d.offsets[[u for u, _, _ in ws]] + [s for _, s, _ in ws]
-        lengths = np.array([n for _, _, n in ws])
-        csr = d.windows(starts, lengths), d.windows(starts + 1, lengths)
-        csr_s.append(time.perf_counter() - t)
-        assert np.array_equal(csr[0], items.numpy()) and np.array_equal(csr[1], tgts.numpy())
-        t = time.perf_counter()
-        state = carried_states(model, [seqs[u] for u, _, _ in ws], [s for _, s, _ in ws], torch.device("cpu"))
-        h, _ = model(items, state, lens)
-        mask = torch.arange(items.shape[1]).view(1, -1) < lens.view(-1, 1)
-        loss = next_item_loss(model, h[mask], tgts[mask], cfg.loss, None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step_s.append(time.perf_counter() - t)
-    n_batches = len(batches)
-    feed_epoch = plan + n_batches * float(np.mean(pad_s))
-    compute_epoch = n_batches * float(np.mean(step_s))
-    return {"file": path.name, "prepare_seconds": prepare, "batches": n_batches, "timed_batches": len(step_s),
-            "plan_seconds": plan, "pad_seconds_per_batch": float(np.mean(pad_s)),
-            "csr_windows_seconds_per_batch": float(np.mean(csr_s)),
-            "compute_seconds_per_batch": float(np.mean(step_s)), "feed_epoch_seconds": feed_epoch,
-            "compute_epoch_seconds_estimate": compute_epoch, "feed_share": feed_epoch / (feed_epoch + compute_epoch),
-            "model": ModelConfig(n_items=d.n_items).to_dict(), "batch_size": cfg.batch_size, "max_len": cfg.max_len}
+    batches = epoch_batches(seqs, base, np.random.default_rng(0))
+    feed_epoch = time.perf_counter() - t
+    runs = {}
+    for loss in losses:
+        cfg = TrainConfig(device="cpu", loss=loss)
+        torch.manual_seed(0)
+        model = RecBLR(ModelConfig(n_items=d.n_items))
+        opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
+        sampler = NegativeSampler.build(cfg.sampler, d.n_items, seqs) if loss == "sampled" else None
+        loss_fn = make_loss(loss, model.item_emb, torch.Generator().manual_seed(0), cfg.negatives, sampler)
+        ends = [time.perf_counter()]
+
+        def on_step(_tally, ends=ends) -> bool:
+            ends.append(time.perf_counter())
+            timed = len(ends) - 2  # steps after the warm-up one
+            return timed >= max_steps or (timed >= 3 and ends[-1] - ends[0] >= budget_s)
+
+        train_epoch(model, opt, batches, loss_fn, device, on_step)
+        step_s = np.diff(ends)
+        step_s = step_s[1:] if len(step_s) > 1 else step_s  # the first step warms up allocator and kernels
+        compute_epoch = len(batches) * float(np.mean(step_s))
+        runs[loss] = {"timed_batches": len(step_s), "first_step_seconds": float(ends[1] - ends[0]),
+                      "compute_seconds_per_batch": float(np.mean(step_s)),
+                      "compute_seconds_per_batch_median": float(np.median(step_s)),
+                      "compute_seconds_per_batch_min_max": [float(step_s.min()), float(step_s.max())],
+                      "compute_epoch_seconds_estimate": compute_epoch,
+                      "feed_share": feed_epoch / (feed_epoch + compute_epoch)}
+        if loss == "sampled":
+            runs[loss]["negatives"] = cfg.negatives
+    pairs = sum(b.n_pairs for b in batches)
+    return {"file": path.name, "users": d.n_users, "interactions": d.n_interactions, "prepare_seconds": prepare,
+            "batches": len(batches), "training_pairs": pairs, "feed_epoch_seconds": feed_epoch,
+            "feed_seconds_per_batch": feed_epoch / len(batches), "losses": runs,
+            "model": ModelConfig(n_items=d.n_items).to_dict(), "batch_size": base.batch_size,
+            "train_window": base.window, "example_mode": base.example_mode}
 
 
 def run_case(kind: str, path: Path, timeout: float) -> dict:
@@ -248,7 +250,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", default="data")
     ap.add_argument("--feed", type=Path, help="instead: one epoch's data feed vs compute on this file")
-    ap.add_argument("--feed-steps", type=int, default=5)
+    ap.add_argument("--feed-steps", type=int, default=20, help="most training steps timed per loss (after one warm-up step)")
+    ap.add_argument("--feed-seconds", type=float, default=300, help="time budget per loss (at least 3 steps)")
+    ap.add_argument("--feed-losses", nargs="+", default=["ce", "sampled"], help="losses to time the steps of")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(case(*args.case)))
@@ -256,10 +260,11 @@ def main() -> None:
     from _common import provenance, write_result
 
     if args.feed:
-        res = feed(args.feed, args.feed_steps)
+        load = [round(x, 2) for x in os.getloadavg()]
+        res = feed(args.feed, args.feed_losses, args.feed_steps, args.feed_seconds)
         print(json.dumps(res, indent=2))
         print(write_result(args.out, {"provenance": provenance(), "note": "2-core machine shared with other "
-                                      "sessions' jobs", "feed": res}))
+                                      "sessions' jobs", "load_average_at_start": load, "feed": res}))
         return
 
     results, comparisons = [], []

@@ -12,6 +12,7 @@ timed in the same run with `triton.testing.do_bench` (median). The kernels' defa
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def floors(T: int):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     if not torch.cuda.is_available():
         sys.exit("triton_configs.py needs a CUDA device")
     from triton.testing import do_bench
