@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU: the Triton kernel tests compiled for the device (no
-# interpreter), then the scan benchmark with the triton backend. CI never runs this.
+# interpreter), the scan benchmark with the triton backend, one ML-1M-shaped training epoch,
+# and the kernel peers (when accelerated-scan and fla are installed). CI never runs this.
 #   [PYTHON=python3] bash scripts/gpu-check.sh [RESULTS_DIR]     (default benchmarks/results)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,3 +22,9 @@ PY
 unset TRITON_INTERPRET
 "$py" -m pytest tests/kernels -q -p no:cacheprovider
 "$py" benchmarks/scan.py --device cuda --repeats 20 --out "$out/scan_cuda.json"
+"$py" benchmarks/gpu_epoch.py --device cuda --out "$out/gpu_epoch"
+if "$py" -c "import accelerated_scan, fla" 2>/dev/null; then
+    "$py" benchmarks/scan_peers.py --device cuda --name "$out/scan_peers"
+else
+    echo "gpu-check: accelerated-scan or flash-linear-attention missing (pip install 'recblr[peers]'); scan_peers.py not run" >&2
+fi
