@@ -13,8 +13,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def provenance() -> dict:
-    """Command, commit and machine, so a number can be traced to what produced it."""
+def _git_state() -> tuple[str, bool]:
+    """HEAD and whether tracked files differ from it."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
@@ -22,6 +22,17 @@ def provenance() -> dict:
                                     capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip())
     except OSError:
         commit, dirty = "unknown", False
+    return commit, dirty
+
+
+# Read when a script starts (it imports this module first), not when it writes its result:
+# the code that ran is the code at the start, whatever is committed during a long run.
+_START_COMMIT, _START_DIRTY = _git_state()
+
+
+def provenance() -> dict:
+    """Command, commit (at the run's start) and machine, so a number can be traced to what produced it."""
+    commit, dirty = _START_COMMIT, _START_DIRTY
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

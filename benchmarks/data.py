@@ -158,14 +158,20 @@ def case(kind: str, path: str) -> dict:
     return out
 
 
-def feed(path: Path, losses: list[str], max_steps: int, budget_s: float) -> dict:
+# Training recipes the feed is timed against: the default (full-catalog softmax), and the
+# two a large catalog calls for (sampled softmax, then also a sparse item-table gradient).
+RECIPES = {"ce": {"loss": "ce"}, "sampled": {"loss": "sampled"},
+           "sampled-sparse": {"loss": "sampled", "sparse_embeddings": True}}
+
+
+def feed(path: Path, recipes: list[str], max_steps: int, budget_s: float) -> dict:
     """One training epoch's data feed against its compute, on the prepared file, through the
     training loop's own pieces. Feed: `recblr.train.epoch_batches` (windows, length batches,
     padding and each row's context; all of an epoch's host-side work). Compute:
     `recblr.train.train_epoch` steps (tensors to the device, carried state, forward, loss,
-    backward, Adam), timed one by one after a warm-up step, up to `max_steps` steps or
-    `budget_s` seconds per loss (at least 3 steps), and scaled to the epoch's batches (CPU,
-    one thread)."""
+    backward, the optimiser of `make_optimizer`), timed one by one after a warm-up step, up
+    to `max_steps` steps or `budget_s` seconds per recipe (at least 3 steps), and scaled to
+    the epoch's batches (CPU, one thread)."""
     import numpy as np
     import torch
 
@@ -173,7 +179,7 @@ def feed(path: Path, losses: list[str], max_steps: int, budget_s: float) -> dict
     from recblr.data import load_dataset
     from recblr.losses import NegativeSampler, make_loss
     from recblr.model import RecBLR
-    from recblr.train import epoch_batches, param_groups, train_epoch
+    from recblr.train import epoch_batches, make_optimizer, train_epoch
 
     torch.set_num_threads(1)
     t = time.perf_counter()
@@ -186,13 +192,13 @@ def feed(path: Path, losses: list[str], max_steps: int, budget_s: float) -> dict
     batches = epoch_batches(seqs, base, np.random.default_rng(0))
     feed_epoch = time.perf_counter() - t
     runs = {}
-    for loss in losses:
-        cfg = TrainConfig(device="cpu", loss=loss)
+    for recipe in recipes:
+        cfg = TrainConfig(device="cpu", **RECIPES[recipe])
         torch.manual_seed(0)
         model = RecBLR(ModelConfig(n_items=d.n_items))
-        opt = torch.optim.Adam(param_groups(model, cfg), lr=cfg.lr)
-        sampler = NegativeSampler.build(cfg.sampler, d.n_items, seqs) if loss == "sampled" else None
-        loss_fn = make_loss(loss, model.item_emb, torch.Generator().manual_seed(0), cfg.negatives, sampler)
+        opt = make_optimizer(model, cfg)
+        sampler = NegativeSampler.build(cfg.sampler, d.n_items, seqs) if cfg.loss == "sampled" else None
+        loss_fn = make_loss(cfg.loss, model.item_emb, torch.Generator().manual_seed(0), cfg.negatives, sampler)
         ends = [time.perf_counter()]
 
         def on_step(_tally, ends=ends) -> bool:
@@ -204,18 +210,18 @@ def feed(path: Path, losses: list[str], max_steps: int, budget_s: float) -> dict
         step_s = np.diff(ends)
         step_s = step_s[1:] if len(step_s) > 1 else step_s  # the first step warms up allocator and kernels
         compute_epoch = len(batches) * float(np.mean(step_s))
-        runs[loss] = {"timed_batches": len(step_s), "first_step_seconds": float(ends[1] - ends[0]),
+        runs[recipe] = {**RECIPES[recipe], "timed_batches": len(step_s), "first_step_seconds": float(ends[1] - ends[0]),
                       "compute_seconds_per_batch": float(np.mean(step_s)),
                       "compute_seconds_per_batch_median": float(np.median(step_s)),
                       "compute_seconds_per_batch_min_max": [float(step_s.min()), float(step_s.max())],
                       "compute_epoch_seconds_estimate": compute_epoch,
                       "feed_share": feed_epoch / (feed_epoch + compute_epoch)}
-        if loss == "sampled":
-            runs[loss]["negatives"] = cfg.negatives
+        if cfg.loss == "sampled":
+            runs[recipe]["negatives"] = cfg.negatives
     pairs = sum(b.n_pairs for b in batches)
     return {"file": path.name, "users": d.n_users, "interactions": d.n_interactions, "prepare_seconds": prepare,
             "batches": len(batches), "training_pairs": pairs, "feed_epoch_seconds": feed_epoch,
-            "feed_seconds_per_batch": feed_epoch / len(batches), "losses": runs,
+            "feed_seconds_per_batch": feed_epoch / len(batches), "recipes": runs,
             "model": ModelConfig(n_items=d.n_items).to_dict(), "batch_size": base.batch_size,
             "train_window": base.window, "example_mode": base.example_mode}
 
@@ -250,9 +256,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", default="data")
     ap.add_argument("--feed", type=Path, help="instead: one epoch's data feed vs compute on this file")
-    ap.add_argument("--feed-steps", type=int, default=20, help="most training steps timed per loss (after one warm-up step)")
-    ap.add_argument("--feed-seconds", type=float, default=300, help="time budget per loss (at least 3 steps)")
-    ap.add_argument("--feed-losses", nargs="+", default=["ce", "sampled"], help="losses to time the steps of")
+    ap.add_argument("--feed-steps", type=int, default=20, help="most training steps timed per recipe (after one warm-up step)")
+    ap.add_argument("--feed-seconds", type=float, default=300, help="time budget per recipe (at least 3 steps)")
+    ap.add_argument("--feed-recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
+                    help="training recipes to time the steps of")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(case(*args.case)))
@@ -261,7 +268,7 @@ def main() -> None:
 
     if args.feed:
         load = [round(x, 2) for x in os.getloadavg()]
-        res = feed(args.feed, args.feed_losses, args.feed_steps, args.feed_seconds)
+        res = feed(args.feed, args.feed_recipes, args.feed_steps, args.feed_seconds)
         print(json.dumps(res, indent=2))
         print(write_result(args.out, {"provenance": provenance(), "note": "2-core machine shared with other "
                                       "sessions' jobs", "load_average_at_start": load, "feed": res}))

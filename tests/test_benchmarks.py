@@ -121,7 +121,7 @@ def test_data_sizes_and_feed_modes_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "feed.json").read_text())["feed"]
     assert res["batches"] >= 2 and res["training_pairs"] > 0
-    for loss in ("ce", "sampled"):
-        run = res["losses"][loss]
+    for recipe in ("ce", "sampled", "sampled-sparse"):
+        run = res["recipes"][recipe]
         assert run["timed_batches"] >= 1 and run["compute_seconds_per_batch"] > 0
         assert 0 < run["feed_share"] < 1
