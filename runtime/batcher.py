@@ -10,8 +10,15 @@ Fairness: a request larger than what is left of the batch gives only a slice of 
 to this batch and goes to the back of the queue with the rest, and a long replay (a PUT of a
 long history: `Engine.reset_steps`) runs one slice per turn, so one big request never holds
 everyone else's events for the whole of its run. Other operations (forget) run alone, in
-order. Bounds: at most `max_inflight` events are queued or running; `admit` waits for room,
-so a client that sends faster than the engine applies is slowed, not buffered.
+order. Bounds: at most `max_inflight` events are queued or running, a PUT's history counting
+as its length and a forget as one; `admit` waits for room, so a client that sends faster than
+the engine applies is slowed, not buffered.
+
+Nothing half-applied without saying so: when the engine fails on a batch (the store refuses
+its commit, ORT raises), nothing of that batch was applied. A request with no event applied
+yet gets the error itself; a request cut into slices whose earlier slices were applied gets
+its results so far and, for each event from the failed slice on, a `NotApplied` error in its
+place (its later slices are not run: they may hold later events of the same users).
 """
 
 from __future__ import annotations
@@ -22,19 +29,26 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from recblr.runtime.engine import Engine
+from recblr.runtime.errors import RuntimeUserError
 from recblr.runtime.jsonio import Event
 
 
-class _Job:
-    __slots__ = ("events", "done", "results", "fn", "steps", "fut")
+class NotApplied(RuntimeUserError, status=503, code="not_applied"):
+    """One event of a partly applied request that was not applied (the engine failed on its
+    slice, or on an earlier one): retrying it (with its seq) is safe."""
 
-    def __init__(self, fut, events=None, fn=None, steps=None):
+
+class _Job:
+    __slots__ = ("events", "done", "results", "fn", "steps", "fut", "weight")
+
+    def __init__(self, fut, events=None, fn=None, steps=None, weight=0):
         self.fut = fut
         self.events: list[Event] | None = events
         self.done = 0  # events already applied (a request cut into slices)
         self.results: list = []
         self.fn = fn
         self.steps: Generator | None = steps
+        self.weight = weight  # what a job without events counts in `inflight`
 
 
 class MicroBatcher:
@@ -101,18 +115,23 @@ class MicroBatcher:
         await self.admit(len(events))
         return await self.submit_nowait(events)
 
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` alone, in queue order."""
-        fut = asyncio.get_running_loop().create_future()
-        self._put(_Job(fut, fn=fn))
-        return await fut
+    async def call(self, fn: Callable[[], Any], weight: int = 0) -> Any:
+        """Run `fn` alone, in queue order; `weight` > 0 counts it in `inflight` (admitted
+        first: a client request), 0 leaves it out (the server's own work: a cell swap)."""
+        return await self._alone(_Job(None, fn=fn, weight=weight))
 
-    async def call_steps(self, steps: Generator) -> Any:
+    async def call_steps(self, steps: Generator, weight: int = 1) -> Any:
         """Run a generator one step per turn (other work runs between steps); its return
-        value is the answer."""
-        fut = asyncio.get_running_loop().create_future()
-        self._put(_Job(fut, steps=steps))
-        return await fut
+        value is the answer. It counts `weight` in `inflight` (a replay: its length)."""
+        return await self._alone(_Job(None, steps=steps, weight=weight))
+
+    async def _alone(self, job: _Job) -> Any:
+        if job.weight:
+            await self.admit(job.weight)
+            self.inflight += job.weight
+        job.fut = asyncio.get_running_loop().create_future()
+        self._put(job)
+        return await job.fut
 
     # ----------------------------------------------------------------- the worker
     async def _next(self, timeout: float | None) -> _Job | None | bool:
@@ -188,34 +207,39 @@ class MicroBatcher:
         return n + take
 
     async def _run_alone(self, job: _Job) -> None:
-        if job.steps is not None:
-            try:
-                finished, value = await asyncio.to_thread(_step, job.steps)
-            except Exception as e:
-                _settle(job.fut, error=e)
-                return
-            if finished:
-                _settle(job.fut, result=value)
-            else:
-                self._q.put_nowait(job)  # its next slice, after what is queued now
-            return
         try:
-            res = await asyncio.to_thread(job.fn)
+            if job.steps is not None:
+                finished, value = await asyncio.to_thread(_step, job.steps)
+                if not finished:
+                    self._q.put_nowait(job)  # its next slice, after what is queued now
+                    return
+            else:
+                value = await asyncio.to_thread(job.fn)
         except Exception as e:
+            self._release(job.weight)
             _settle(job.fut, error=e)
             return
-        _settle(job.fut, result=res)
+        self._release(job.weight)
+        _settle(job.fut, result=value)
 
     async def _run_events(self, batch: list[tuple[_Job, int]], n: int) -> None:
         events = [e for j, take in batch for e in j.events[j.done : j.done + take]]
         t0 = time.perf_counter()
         try:
             results = await asyncio.to_thread(self.engine.apply, events)
-        except Exception as e:  # engine failure: every request of the batch gets it
+        except Exception as e:  # engine failure: nothing of this batch was applied
             for j, take in batch:
+                left = len(j.events) - j.done  # this slice and the ones not run yet
                 self._release(take)
-                j.done = len(j.events)
-                _settle(j.fut, error=e)
+                if left > take:
+                    self._release(left - take)  # its later slices, still counted, never run
+                if j.done == 0:  # nothing of the request applied: it fails as a whole
+                    _settle(j.fut, error=e)
+                else:
+                    why = _why(e, j.done)
+                    j.results.extend(NotApplied(why) for _ in range(left))
+                    _settle(j.fut, result=j.results)
+                j.done = len(j.events)  # a queued rest of it is skipped (taken as 0 events)
             return
         if self.on_batch is not None:
             self.on_batch(n, time.perf_counter() - t0)
@@ -232,6 +256,14 @@ class MicroBatcher:
         self.inflight -= n
         if self.inflight + 1 <= self.max_inflight and not self._room.is_set():
             self._room.set()
+
+
+def _why(e: Exception, applied: int) -> str:
+    what = str(e) if isinstance(e, RuntimeUserError) else f"{type(e).__name__}: {e}"
+    return (
+        f"not applied: the engine failed on this request's slice after its first {applied} "
+        f"events were applied ({what}); retry this event"
+    )
 
 
 def _step(steps: Generator) -> tuple[bool, Any]:

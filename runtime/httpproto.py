@@ -9,6 +9,11 @@ one event-loop step are held and handed to the transport together at the end of 
 over early when it passes 64 KiB (so flow control still sees large bodies), before `close()` or
 `write_eof()`, and when the peer half-closes; it is discarded only when the connection is already
 gone, where the transport would discard it too.
+
+Graceful shutdown: uvicorn lets a request in progress run until `timeout_graceful_shutdown` and
+then cancels it. A request still reading its body would hold the drain for that long (or its
+own body timeout) for nothing, so `shutdown` calls the hook the app left in the request's scope
+(`server.SHUTDOWN_HOOK`): the app cuts that read off and answers 503 at once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from recblr.runtime.server import SHUTDOWN_HOOK
 
 FLUSH_BYTES = 64 * 1024  # hand over at once from here: flow control must see large bodies
 
@@ -90,6 +97,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # response written just before) goes out now, as it would have without holding.
         self.transport.flush()  # type: ignore[attr-defined]
         return super().eof_received()
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            hook = cycle.scope.get(SHUTDOWN_HOOK)
+            if hook is not None:
+                hook()  # a no-op unless the request is still reading its body
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport.discard()  # type: ignore[attr-defined]

@@ -14,13 +14,23 @@ event can carry can be read, reset and deleted. An error is JSON, {"error": mess
 with the error's status (RuntimeUserError.status). A request is applied only when its body
 arrived complete; a body that stops arriving is answered 408 after `body_timeout_s`.
 
+Bounded: at most `max_requests` requests are in progress at once (reading, queued, running or
+answering; /v1/stream counts as one), the next is answered 503 `overloaded` before its body is
+read; the batcher holds at most `max_inflight` events (a PUT counts as its history's length).
+At shutdown a request still reading its body is answered 503 `shutting_down` at once (nothing
+of it is applied) instead of holding the drain until its timeout, and a request the server's
+shutdown timeout cancels is answered the same way, without a traceback in the log.
+
 Multi-event POSTs: each event stands alone. The answer lists one result per event, in order;
 an event the engine could not apply has {"user", "error", "code"} in its place and the answer's
-status is 207 (partly applied) instead of 200; the other events are applied. Events that fail
+status is 207 (partly applied) instead of 200; the other events are applied. That includes a
+request cut into slices whose later slice met an engine failure (a store error): its events
+from that slice on are answered `not_applied` (see runtime/batcher.py). Events that fail
 validation (bad fields, an unknown item under the "error" policy) refuse the whole request
-(4xx) before anything is applied.
+(4xx) before anything is applied; an engine failure before any of its events was applied
+fails the whole request with that error (nothing applied).
 
-No framework: routing is six paths, and the raw ASGI keeps one body reader, one way of
+No framework: routing is one table (`App.routes()` lists it for the OpenAPI test), and the raw ASGI keeps one body reader, one way of
 answering and one place that records request metrics (`App.__call__`).
 """
 
@@ -53,14 +63,29 @@ class ServerSettings:
     max_body_bytes: int = 1 << 20  # per request body, and per NDJSON line on /v1/stream
     max_history: int = 10_000
     max_events_per_request: int = 10_000
-    body_timeout_s: float = 10.0  # a body (or a stream's next chunk) must arrive within this
+    # a body (or a stream's next chunk) must arrive within this; shorter than the shutdown
+    # timeout, so a slow body is cut by its own clock before a drain would cancel it
+    body_timeout_s: float = 5.0
     stream_window: int = 256  # answers one /v1/stream connection may have pending
     max_inflight: int = 65_536  # events queued or running, over all connections
+    max_requests: int = 1024  # requests in progress at once; the next is answered 503
     admin_reload: str = "loopback"  # who may POST /admin/reload: off, loopback or any
 
 
 _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
+
+# The scope key under which a request leaves "cut me off now" for the HTTP protocol's graceful
+# shutdown (runtime/httpproto.py calls it on every connection still in a request).
+SHUTDOWN_HOOK = "recblr.shutdown"
+
+
+class ShuttingDown(RuntimeUserError, status=503, code="shutting_down"):
+    """The server is stopping: this request was cut off (its message says what was applied)."""
+
+
+class Overloaded(RuntimeUserError, status=503, code="overloaded"):
+    """More requests are in progress than `max_requests`: retry shortly."""
 
 
 class MethodNotAllowed(RuntimeUserError, status=405, code="http_405"):
@@ -148,10 +173,11 @@ class App:
         )
         m.describe("recblr_commit_conflicts_total", "counter", "compare-and-set retries")
         m.describe("recblr_inflight_events", "gauge", "events queued or running")
-        # requests reading their body: token -> (start time, task); the watchdog cancels the
-        # ones past body_timeout_s and marks them in _timed_out
+        # requests reading their body: token -> (start time, task); the watchdog (and the
+        # shutdown) cancel them and leave in _cut_off the error each is to answer
         self._reading: dict[int, tuple[float, asyncio.Task | None]] = {}
-        self._timed_out: set[int] = set()
+        self._cut_off: dict[int, RuntimeUserError] = {}
+        self._active = 0  # requests in progress (bounded by max_requests)
         self._next_reader = 0
         self._watch: asyncio.Task | None = None
         self.batcher = MicroBatcher(
@@ -164,6 +190,29 @@ class App:
         )
         self.reloader = Reloader(engine, self.batcher, m, s.admin_reload)
         self.ready = False
+        # the routes: path -> (metric name, {method: handler}); under /v1/users/{user}, the
+        # path's rest -> the same, each handler taking the user first
+        self._fixed = {
+            _Routes.EVENTS: ("events", {"POST": self.events}),
+            _Routes.STREAM: ("stream", {"POST": self.stream}),  # answered before routing
+            "/healthz": ("healthz", {"GET": self.healthz}),
+            "/metrics": ("metrics", {"GET": self.metrics_text}),
+            "/openapi.json": ("openapi", {"GET": self.openapi}),
+            "/admin/reload": ("reload", {"POST": self.reload}),
+        }
+        self._per_user = {
+            (): ("delete", {"DELETE": self.delete_user}),
+            (b"recommendations",): ("recommendations", {"GET": self.recommendations}),
+            (b"history",): ("history", {"GET": self.get_history, "PUT": self.put_history}),
+        }
+
+    def routes(self) -> dict[str, list[str]]:
+        """Every route this app answers, as OpenAPI path templates -> methods."""
+        out = {path: sorted(h) for path, (_, h) in self._fixed.items()}
+        users = _Routes.USERS.decode() + "{user}"
+        for rest, (_, h) in self._per_user.items():
+            out["/".join([users, *(r.decode() for r in rest)])] = sorted(h)
+        return out
 
     # ----------------------------------------------------------------- plumbing
     def _on_batch(self, n: int, seconds: float) -> None:
@@ -183,20 +232,27 @@ class App:
         token = self._next_reader = self._next_reader + 1
         task = asyncio.current_task()
         self._reading[token] = (time.perf_counter(), task)
+        scope[SHUTDOWN_HOOK] = lambda: self._cut(token, _shutdown_error())
         try:
             return await read_body(scope, receive, self.settings.max_body_bytes)
         except asyncio.CancelledError:
-            if token not in self._timed_out:
+            err = self._cut_off.get(token)
+            if err is None:
                 raise
             if hasattr(task, "uncancel"):  # Python 3.11+: the cancel was ours, not a shutdown's
                 task.uncancel()
-            raise BodyTimeout(
-                f"the request body did not arrive within {self.settings.body_timeout_s:g} s; "
-                "nothing was applied"
-            ) from None
+            raise err from None
         finally:
             del self._reading[token]
-            self._timed_out.discard(token)
+            self._cut_off.pop(token, None)
+
+    def _cut(self, token: int, err: RuntimeUserError) -> None:
+        """Stop a body read in progress (a no-op once it is over): it answers `err`."""
+        entry = self._reading.get(token)
+        if entry is None or token in self._cut_off or entry[1] is None:
+            return
+        self._cut_off[token] = err
+        entry[1].cancel()
 
     async def _watchdog(self) -> None:
         """Cut off bodies that take longer than body_timeout_s: one sleeping task for the
@@ -205,10 +261,12 @@ class App:
         while True:
             await asyncio.sleep(min(1.0, limit / 4))
             now = time.perf_counter()
-            for token, (t0, task) in list(self._reading.items()):
-                if now - t0 > limit and token not in self._timed_out and task is not None:
-                    self._timed_out.add(token)
-                    task.cancel()
+            for token, (t0, _) in list(self._reading.items()):
+                if now - t0 > limit:
+                    err = BodyTimeout(
+                        f"the request body did not arrive within {limit:g} s; nothing was applied"
+                    )
+                    self._cut(token, err)
 
     def _k(self, scope) -> int:
         qs = scope.get("query_string", b"")
@@ -248,61 +306,84 @@ class App:
             return
         if scope["type"] != "http":
             return
-        if scope["path"] == _Routes.STREAM and scope["method"] == "POST":
-            await self.stream(scope, receive, send)
+        if self._active >= self.settings.max_requests:
+            await self._error(send, Overloaded(
+                f"{self._active} requests in progress (the limit is "
+                f"{self.settings.max_requests}); nothing was applied: retry shortly"
+            ))  # fmt: skip
+            self.metrics.request_done("overloaded", 503, 0.0)
             return
+        self._active += 1
+        try:
+            if scope["path"] == _Routes.STREAM and scope["method"] == "POST":
+                await self.stream(scope, receive, send)
+            else:
+                await self._request(scope, receive, send)
+        except asyncio.CancelledError:
+            # the server's shutdown timeout cancelled this request (nothing else cancels one):
+            # answered here, quietly, instead of a traceback in the log
+            pass
+        finally:
+            self._active -= 1
+
+    async def _request(self, scope, receive, send) -> None:
         t0 = time.perf_counter()
         name, status = "other", 500
+        answered = False
         try:
             name, handler = self._route(scope)
             status, payload = await handler(scope, receive)
             body = payload if isinstance(payload, bytes) else jsonio.dumps(payload)
             ctype = _TEXT if name == "metrics" else _JSON
+            answered = True
             await _answer(send, status, body, ctype)
         except RuntimeUserError as e:
             status = e.status
-            self.metrics.inc("recblr_errors_total", code=e.code)
-            body = jsonio.dumps({"error": str(e), "code": e.code})
-            close = isinstance(e, (BodyTimeout, TooLarge))
-            allow = [(b"allow", e.allow)] if isinstance(e, MethodNotAllowed) else []
-            await _answer(send, status, body, close=close, extra=allow)
+            answered = True
+            await self._error(send, e)
         except ClientGone:
             status = 499  # nothing to answer: the client left before its body was complete
+        except asyncio.CancelledError:
+            status = 503
+            if not answered:
+                err = ShuttingDown(
+                    "the server is shutting down and stopped this request before its answer; "
+                    "its events may have been applied: retry it with its seq"
+                )
+                await self._error(send, err)
+            raise
         except Exception:
             await _answer(send, 500, b"Internal Server Error", _TEXT_PLAIN, close=True)
             raise  # the server logs it
         finally:
             self.metrics.request_done(name, status, time.perf_counter() - t0)
 
+    async def _error(self, send, e: RuntimeUserError) -> None:
+        """The one way an error is answered: JSON {"error", "code"} with its status."""
+        self.metrics.inc("recblr_errors_total", code=e.code)
+        body = jsonio.dumps({"error": str(e), "code": e.code})
+        close = isinstance(e, (BodyTimeout, TooLarge, ShuttingDown, Overloaded))
+        extra = [(b"allow", e.allow)] if isinstance(e, MethodNotAllowed) else []
+        if isinstance(e, Overloaded):
+            extra = [(b"retry-after", b"1")]
+        await _answer(send, e.status, body, close=close, extra=extra)
+
     def _route(self, scope):
         path, method = scope["path"], scope["method"]
-        if path == _Routes.EVENTS:
-            return "events", self._allow(method, POST=self.events)
-        if path == _Routes.STREAM:  # POST is answered before routing (it streams)
-            raise MethodNotAllowed(["POST"])
+        route = self._fixed.get(path)
+        if route is not None:
+            return route[0], self._allow(method, route[1])
         raw = scope.get("raw_path") or path.encode()
         if raw.startswith(_Routes.USERS):
-            parts = raw[len(_Routes.USERS) :].split(b"/")
-            user = _path_user(parts[0])
-            rest = parts[1:]
-            if rest == []:
-                return "delete", self._allow(method, DELETE=self._with(self.delete_user, user))
-            if rest == [b"recommendations"]:
-                h = self._with(self.recommendations, user)
-                return "recommendations", self._allow(method, GET=h)
-            if rest == [b"history"]:
-                get = self._with(self.get_history, user)
-                put = self._with(self.put_history, user)
-                return "history", self._allow(method, GET=get, PUT=put)
-        if path == "/admin/reload":
-            return "reload", self._allow(method, POST=self.reload)
-        if path in ("/healthz", "/metrics", "/openapi.json"):
-            fn = {"/healthz": self.healthz, "/metrics": self.metrics_text}.get(path, self.openapi)
-            return path.strip("/").split(".")[0], self._allow(method, GET=fn)
+            user, *rest = raw[len(_Routes.USERS) :].split(b"/")
+            route = self._per_user.get(tuple(rest))
+            if route is not None:
+                user = _path_user(user)
+                return route[0], self._with(self._allow(method, route[1]), user)
         raise RuntimeUserError("Not Found", status=404, code="http_404")
 
     @staticmethod
-    def _allow(method: str, **handlers):
+    def _allow(method: str, handlers: dict):
         h = handlers.get(method)
         if h is None:
             raise MethodNotAllowed(list(handlers))
@@ -374,11 +455,12 @@ class App:
             )
         seq = parse_seq(body.get("seq"))
         self.engine.encode(items)  # validate before queueing (raises UnknownItem per policy)
-        r = await self.batcher.call_steps(self.engine.reset_steps(user, items, seq=seq, k=k))
+        steps = self.engine.reset_steps(user, items, seq=seq, k=k)
+        r = await self.batcher.call_steps(steps, weight=max(1, len(items)))
         return 200, r.to_json()
 
     async def delete_user(self, user: str, scope, receive):
-        gone = await self.batcher.call(lambda: self.engine.forget(user))
+        gone = await self.batcher.call(lambda: self.engine.forget(user), weight=1)
         return 200, {"user": user, "deleted": gone}
 
     async def reload(self, scope, receive):
@@ -428,6 +510,8 @@ class App:
         its body (the socket's flow control then holds the sender). Lines are split in linear
         time, a chunk at a time. Only complete lines are applied: when the client disconnects,
         a last line without its newline is dropped; when the body ends normally, it counts.
+        At shutdown the reading stops: the lines read so far are applied and answered, then one
+        `shutting_down` line says from which line on nothing was applied.
         """
         t0 = time.perf_counter()
         s = self.settings
@@ -435,7 +519,11 @@ class App:
         window: asyncio.Queue = asyncio.Queue(maxsize=max(1, s.stream_window))
         lines = jsonio.LineSplitter(s.max_body_bytes)
 
+        answered = 0  # the last line whose answer is in the window
+        queued = None  # a line submitted to the batcher, its answer not yet in the window
+
         async def one(lineno: int, line) -> None:
+            nonlocal answered, queued
             try:
                 if isinstance(line, RuntimeUserError):
                     raise line
@@ -443,13 +531,27 @@ class App:
             except RuntimeUserError as e:
                 self.metrics.inc("recblr_errors_total", code=e.code)
                 await window.put({"line": lineno, "error": str(e), "code": e.code})
+                answered = lineno
                 return
             await self.batcher.admit(1)
-            await window.put((lineno, self.batcher.submit_nowait([ev])))
+            queued = (lineno, self.batcher.submit_nowait([ev]))
+            await window.put(queued)
+            queued, answered = None, lineno
 
         async def reader() -> None:
             try:
                 await read_lines()
+            except asyncio.CancelledError:
+                if cancelled or not shutting:
+                    raise
+                task.uncancel()  # our own cut (shutdown), not the writer's end
+                last = answered if queued is None else queued[0]
+                if queued is not None:  # submitted: it is applied, so it is answered
+                    await window.put(queued)
+                e = ShuttingDown(
+                    f"the server is shutting down; lines after {last} were not applied"
+                )
+                await window.put({"line": last + 1, "error": str(e), "code": e.code})
             finally:
                 if not cancelled:  # the writer waits for this; a cancelled reader has no writer
                     await window.put(None)
@@ -474,8 +576,15 @@ class App:
                         await one(lineno, line)
                     break
 
-        cancelled = False
+        def shut() -> None:
+            nonlocal shutting
+            if not shutting and not task.done():
+                shutting = True
+                task.cancel()
+
+        cancelled = shutting = False
         task = asyncio.create_task(reader())
+        scope[SHUTDOWN_HOOK] = shut
         headers = [(b"content-type", b"application/x-ndjson")]
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -510,6 +619,13 @@ def _path_user(seg: bytes) -> str:
     except UnicodeDecodeError:
         raise BadEvent("the user id in the path is not percent-encoded UTF-8") from None
     return check_user(user)
+
+
+def _shutdown_error() -> ShuttingDown:
+    return ShuttingDown(
+        "the server is shutting down; this request's body was not complete and nothing of it "
+        "was applied: retry it"
+    )
 
 
 def _tag(r, e: Event):

@@ -4,7 +4,9 @@ is the engine's (a poisoned or corrupt stored record is written into a real stor
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -88,6 +90,75 @@ def test_multi_event_answer_says_which_events_were_applied(cell, start_server, t
         assert [x.get("applied", True) for x in r.json()["results"]] == [False, True, False]
         r = c.post("/v1/events", json={"user": "poisoned", "item": "1002"})
         assert r.status_code == 500 and r.json()["code"] == "non_finite"
+
+
+class _CommitFailsOnce:
+    """A real SQLite store whose `fail_on`-th commit raises `error` (a disk that fails once,
+    mid-request): the engine/store boundary, where a store error really comes from."""
+
+    def __init__(self, store: SQLiteStore, fail_on: int, error: Exception):
+        self._store, self._fail_on, self._error = store, fail_on, error
+        self.commits = 0
+
+    def commit(self, writes):
+        self.commits += 1
+        if self.commits == self._fail_on:
+            raise self._error
+        return self._store.commit(writes)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def _in_process(app, *requests):
+    """Answer `requests` ((method, path, json) in order) by the app itself, its batcher
+    running: no server process, so a store can be wrapped."""
+
+    async def run():
+        await app.batcher.start()
+        try:
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return [await c.request(m, path, json=body) for m, path, body in requests]
+        finally:
+            await app.batcher.stop()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("fail_on", [1, 2])
+def test_a_request_cut_into_slices_is_never_half_applied_silently(cell, tmp_path, fail_on):
+    """600 events in slices of 256: the store fails on the first or the second slice's commit.
+    On the first, nothing was applied and the request fails whole; on the second, the answer
+    is 207 with the first slice's results and a `not_applied` error for every later event."""
+    from recblr.runtime.server import ServerSettings, create_app
+
+    error = StoreError("disk full") if fail_on == 1 else sqlite3.OperationalError("disk I/O error")
+    store = _CommitFailsOnce(SQLiteStore(tmp_path / "s.db"), fail_on, error)
+    app = create_app(Engine(cell, providers="cpu", store=store), ServerSettings(max_batch=256))
+    events = [{"user": f"u{i}", "item": ITEMS[i % 60], "seq": 1} for i in range(600)]
+    (first,) = _in_process(app, ("POST", "/v1/events", {"events": events}))
+    stored = [app.engine.get_state(f"u{i}") is not None for i in range(600)]
+    if fail_on == 1:
+        assert first.status_code == 503 and first.json()["code"] == "store_unavailable"
+        assert not any(stored)
+    else:
+        assert first.status_code == 207, first.text
+        body = first.json()
+        assert body["failed"] == 600 - 256
+        ok, bad = body["results"][:256], body["results"][256:]
+        assert all("error" not in r and r["seq"] == 1 for r in ok)
+        assert [r["user"] for r in bad] == [f"u{i}" for i in range(256, 600)]
+        assert {r["code"] for r in bad} == {"not_applied"}
+        assert "OperationalError: disk I/O error" in bad[0]["error"]
+        assert stored == [True] * 256 + [False] * (600 - 256)
+    # the client retries the whole request with its seqs: what was applied stays applied once
+    (retry,) = _in_process(app, ("POST", "/v1/events", {"events": events}))
+    assert retry.status_code == 200, retry.text
+    applied = [r.get("applied", True) for r in retry.json()["results"]]
+    assert applied == [fail_on == 1] * 256 + [True] * (600 - 256)
+    assert app.batcher.inflight == 0  # the failed slices' events were released
+    app.engine.close()
 
 
 # ----------------------------------------------------------------- 3. one file, two processes
@@ -298,6 +369,41 @@ def test_stalled_bodies_time_out_and_shutdown_is_bounded_and_quiet(cell, start_s
     assert time.monotonic() - t0 < 5 and rc in (0, -15)
     assert "Traceback" not in srv.stderr and "ClientDisconnect" not in srv.stderr, srv.stderr
     again.close()
+
+
+def test_shutdown_cuts_a_stalled_body_before_its_timeout(cell, start_server):
+    """A body timeout far beyond the shutdown timeout: SIGTERM answers the stalled reader 503
+    at once (nothing applied) instead of cancelling it with a traceback after the drain; a
+    stalled /v1/stream gets its answers so far and one `shutting_down` line."""
+    srv = start_server(
+        cell, "--store", "memory", "--body-timeout", "30", "--shutdown-timeout", "1",
+        "--log-level", "info",
+    )  # fmt: skip
+    stalled = _raw(srv.url)
+    stalled.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    stream = _raw(srv.url)
+    stream.sendall(
+        b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"26\r\n" + b'{"user":"st","item":"1001"}\n{"user":"s' + b"\r\n"
+    )
+    first = stream.recv(4096)  # the first line's answer: the stream is under way
+    assert b" 200 " in first.split(b"\r\n")[0]
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    rc = srv.term(timeout=30)
+    took = time.monotonic() - t0
+    answer = stalled.recv(4096)
+    rest = first
+    while chunk := stream.recv(4096):
+        rest += chunk
+    stalled.close(), stream.close()
+    assert b" 503 " in answer.split(b"\r\n")[0] and b"shutting_down" in answer, answer
+    assert b"nothing of it was applied" in answer
+    assert b'"user":"st"' in rest and b'"code":"shutting_down","line":2' not in rest
+    assert b'"line":2' in rest and b"shutting_down" in rest, rest
+    assert took < 3 and rc in (0, -15), took
+    assert "Traceback" not in srv.stderr and "CancelledError" not in srv.stderr, srv.stderr
+    assert "Exception in ASGI" not in srv.stderr and "ASGI callable" not in srv.stderr
 
 
 def test_stalled_bodies_do_not_hold_batches(cell):
