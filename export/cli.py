@@ -7,13 +7,13 @@ Exit codes: 0 done, 1 the exported cell failed verification (nothing written),
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from recblr.errors import RecblrError, user_errors
+from recblr.runtime.cli import choices
 
 app = typer.Typer(
     add_completion=False,
@@ -70,9 +70,7 @@ def _check_agreement(tmp_path, ckpt, histories, k, precision, source, out, summa
     summary.append(f"verified on {len(histories)} {source}: {precision} top-{n} agreement {agree:.3f}")
 
 
-class Retrieval(str, Enum):
-    exact = "exact"
-    ann = "ann"
+Retrieval = choices("Retrieval", ("exact", "ann"))
 
 
 @app.command()
@@ -102,9 +100,9 @@ def export(
         help="--retrieval ann --verify: lowest recall@10 against exact top-10 accepted.")] = 0.95,
 ) -> None:
     """Write the per-step cell (item, state, exclude) -> (next_state, top_items, top_scores)."""
-    from recblr.extras import require_extra
+    from recblr.extras import EXPORT_MODULES, require_extra
 
-    require_extra("recblr export", ("torch", "onnx", "onnxscript"))
+    require_extra("recblr export", EXPORT_MODULES)
     from recblr.checkpoint import load_checkpoint
     from recblr.export.onnx_export import check_opset, export_cell
     from recblr.export.verify import verify_cell

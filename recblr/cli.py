@@ -18,7 +18,7 @@ from rich.markup import escape
 from recblr.config import EXAMPLE_MODES, LOSSES, SAMPLERS, SELECT_MODES, WINDOW_OFFSETS
 from recblr.errors import RecblrError, user_errors
 from recblr.export.cli import export
-from recblr.extras import TRAIN_EXTRA_HINT, require_extra
+from recblr.extras import DATA_MODULES, TRAIN_EXTRA_HINT, require_extra
 from recblr.runtime.cli import choices, score, serve
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ def data_fetch(
     force: Annotated[bool, typer.Option(help="Download again even if cached.")] = False,
 ) -> None:
     """Download a known dataset into the user cache and print its path."""
+    require_extra("recblr data fetch", DATA_MODULES)
     from recblr.datasets import fetch
 
     typer.echo(str(fetch(name, wheel, force)))
@@ -72,6 +73,7 @@ def data_info(
     time_col: ColOpt = None,
 ) -> None:
     """Statistics of a dataset after the protocol (k-core, leave-one-out)."""
+    require_extra("recblr data info", DATA_MODULES)
     from rich.console import Console
     from rich.table import Table
 

@@ -10,6 +10,12 @@ from recblr.errors import RecblrError
 TRAIN_EXTRA_HINT = "training, evaluation and export need the train extra: pip install 'recblr[train]'"
 
 
+# What each group of commands imports beyond the base install (all of it comes with `train`).
+DATA_MODULES = ("pyarrow",)  # recblr.data and recblr.readers: reading interaction files
+TRAIN_MODULES = ("torch", *DATA_MODULES)
+EXPORT_MODULES = ("torch", "onnx", "onnxscript", *DATA_MODULES)  # --verify reads the dataset
+
+
 class MissingExtra(RecblrError):
     """A command needs packages that this install does not have (exit code 2)."""
 
@@ -21,7 +27,7 @@ def _importable(module: str) -> bool:
         return False
 
 
-def require_extra(command: str, modules: tuple[str, ...] = ("torch",), extra: str = "train") -> None:
+def require_extra(command: str, modules: tuple[str, ...] = TRAIN_MODULES, extra: str = "train") -> None:
     """Raise one line naming the extra to install when `command` cannot run in this install."""
     missing = [m for m in modules if not _importable(m)]
     if missing:

@@ -78,22 +78,27 @@ def test_subcommands_are_the_standalone_commands():
     assert ours.exit_code == theirs.exit_code == 0 and ours.output == theirs.output
 
 
-def test_without_torch_training_commands_name_the_extra(tmp_path: Path):
+TRAINING = (["train"], ["evaluate", "m.pt"], ["export", "m.pt"])
+DATA = (["data", "info", "ml-100k"], ["data", "fetch", "ml-100k"])
+
+
+@pytest.mark.parametrize(("blocked", "commands"), [(("torch", "triton", "onnx", "onnxscript"), TRAINING),
+                                                   (("pyarrow",), TRAINING + DATA)])
+def test_without_the_train_extra_commands_name_it(tmp_path: Path, blocked: tuple[str, ...], commands):
     import os
 
-    (tmp_path / "sitecustomize.py").write_text(
-        "import sys\nsys.modules.update(dict.fromkeys(('torch', 'triton', 'onnx', 'onnxscript')))\n")
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({blocked!r}))\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
-    assert probe.returncode != 0, "the torch blocker is not active"
+    probe = subprocess.run([sys.executable, "-c", f"import {blocked[0]}"], env=env, capture_output=True)
+    assert probe.returncode != 0, f"the {blocked[0]} blocker is not active"
     r = subprocess.run([sys.executable, "-m", "recblr", "--help"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "recblr[train]" in r.stdout, r.stderr
-    for args in (["train"], ["evaluate", "m.pt"], ["export", "m.pt"]):
+    for args in commands:
         r = subprocess.run([sys.executable, "-m", "recblr", *args], env=env, capture_output=True, text=True,
                            cwd=tmp_path)
-        assert r.returncode == 2, r.stderr
+        assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-        assert "pip install 'recblr[train]'" in r.stderr
+        assert f"needs {blocked[0]}" in r.stderr and "pip install 'recblr[train]'" in r.stderr
 
 
 def test_fetch_from_a_bad_wheel_is_a_clear_error(tmp_path: Path):
