@@ -195,25 +195,19 @@ def drive(port: int | list[int], clients: int, seconds: float) -> dict:
 def start_cell_server(
     cell: Path, state: Path | str, *args: str, env: dict | None = None
 ) -> tuple[subprocess.Popen, int]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "recblr.runtime",
-        "--onnx",
-        str(cell),
-        "--port",
-        "0",
-        "--state",
-        str(state),
-        *args,
-    ]
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-    line = p.stderr.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-    if not m:
-        p.kill()
-        raise RuntimeError(f"cell server did not start: {line}{p.stderr.read()}")
-    return p, int(m.group(1))
+    """`recblr-serve` on a free port: `state` is its SQLite file, or a Valkey/Redis URL."""
+    from recblr.runtime.redis_store import SCHEMES
+
+    where = ["--store", state] if str(state).startswith(SCHEMES) else ["--state", str(state)]
+    cmd = [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0", *where]
+    p = subprocess.Popen([*cmd, *args], stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
+    while line := p.stderr.readline():  # warnings may come before the start line
+        seen += line
+        if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
+            return p, int(m.group(1))
+    p.kill()
+    raise RuntimeError(f"cell server did not start: {seen}")
 
 
 def prefill_cell(port: int, clients_max: int) -> None:
@@ -396,7 +390,7 @@ def run_store_servers(cell: Path, tmp: Path, store: str, clients, seconds, rep) 
         sq = start_cell_server(cell, tmp / f"sqlite-{rep}.db", *MICROBATCH)
         procs.append(sq[0])
         prefill_cell(sq[1], max(clients))
-        reps = [start_cell_server(cell, store, *MICROBATCH) for _ in range(2)]  # --state URL
+        reps = [start_cell_server(cell, store, *MICROBATCH) for _ in range(2)]  # --store URL
         procs += [p for p, _ in reps]
         prefill_cell(reps[0][1], max(clients))  # one store: both replicas see these users
         ports = {

@@ -214,6 +214,9 @@ def test_score_bad_input_is_one_line_and_keeps_the_previous_output(cell, tmp_pat
         (["--log-level", "nonsense"], "--log-level 'nonsense': use one of critical"),
         (["--gil-switch-us", "-5"], "--gil-switch-us -5: must be in 0..1000000"),
         (["--state", "{tmp}/no/such/dir/s.db"], "--state {tmp}/no/such/dir/s.db: cannot open"),
+        # a store URL has one place: --store (--state is the SQLite file)
+        (["--state", "redis://127.0.0.1:1/0"], "give a Valkey/Redis store as --store redis://"),
+        (["--store", "mysql"], "--store 'mysql': use sqlite, memory or a Valkey/Redis URL"),
     ],
 )
 def test_serve_startup_errors_are_one_line(cell, tmp_path, args, needle):

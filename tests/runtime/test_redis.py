@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from valkey_proc import ValkeyProcess, free_port
 
+from recblr.runtime.cell import open_cell
 from recblr.runtime.redis_store import RedisStore
 from recblr.runtime.store import CORRUPT_CELL, StoreError, UserState
 
@@ -208,6 +209,17 @@ def test_durability_settings_are_read_and_checked(tmp_path, valkey):
             RedisStore(valkey.url, durability="full")
         full = RedisStore(always.url, durability="full")
         assert full.server_durability == "appendfsync always"
+        # "normal" accepts every setting, and says when the server itself can lose answers
+        assert full.durability_warning is None and RedisStore(valkey.url).durability_warning is None
+        assert "loses every event since its last snapshot" in RedisStore(none.url).durability_warning
+        full._r.config_set("appendfsync", "no")
+        weak = RedisStore(always.url)
+        assert weak.server_durability == "appendfsync no"
+        assert "OS crash or power loss" in weak.durability_warning
+        with pytest.raises(StoreError, match="runs with appendfsync no"):
+            RedisStore(always.url, durability="full")
+        weak.close()
+        full._r.config_set("appendfsync", "always")
         assert full.commit({"a": (None, _state(1))}) == set()
         # a server that may evict keys would silently reset users
         full._r.config_set("maxmemory", "100mb")
@@ -391,3 +403,146 @@ def test_serve_with_unreachable_store_says_so_in_one_line(cell):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert "cannot reach the Valkey/Redis server" in lines[0] and "secret" not in lines[0]
+
+
+def test_late_lower_seq_is_answered_not_applied(cell, valkey, replay_fn):
+    """seq 2 reaches a replica before seq 1: seq 1, arriving late at the other replica, is
+    answered "not applied" (duplicate) and the state is the replay of seq 2's item alone."""
+    from recblr.runtime.engine import Engine, Event
+
+    probe = _fresh_db(valkey, 3)
+    first, late = (Engine(cell, providers="cpu", store=RedisStore(probe.url)) for _ in range(2))
+    assert first.apply([Event("u", ITEMS[1], 2)])[0].applied
+    r = late.apply([Event("u", ITEMS[0], 1)])[0]
+    assert (r.applied, r.reason, r.seq) == (False, "duplicate", 1)
+    st = probe.get_many(["u"])["u"]
+    assert (st.seq, st.n, st.recent) == (2, 1, [ITEMS[1]])
+    np.testing.assert_allclose(st.state, replay_fn(cell, [ITEMS[1]])[0], atol=1e-5)
+    for e in (first, late):
+        e.close()
+    probe.close()
+
+
+def test_an_old_replica_never_migrates_a_newer_cells_user_back(cells, valkey):
+    """Two engines on one Valkey, both on cell A; one is swapped to B. The A engine answers
+    B's users 503 newer_cell (events, reads, PUT) and leaves their records alone, while its
+    own users stay on A and B migrates them up; a restart on A does not demote B; a reload
+    back to A (a rollback) makes A the newest again."""
+    from recblr.runtime.engine import Engine, Event, NewerCell
+
+    probe = _fresh_db(valkey, 4)
+    old, new = (Engine(cells["a"], providers="cpu", store=RedisStore(probe.url)) for _ in range(2))
+    old.step(["x", "y"], [ITEMS[0], ITEMS[1]], seqs=[1, 1])
+    key_a = old.state_key
+    new.swap(new.open_cell(cells["b"]))
+    key_b = new.state_key
+    assert new.step(["x"], [ITEMS[2]], seqs=[2])[0].cell == new.info.short_hash
+
+    def cell_of(u: str) -> str:
+        return probe.get_many([u])[u].cell
+
+    r = old.apply([Event("x", ITEMS[3], 3), Event("y", ITEMS[3], 2)])
+    assert isinstance(r[0], NewerCell) and r[0].status == 503 and r[0].code == "newer_cell"
+    assert f"made by newer cell {new.info.short_hash}" in str(r[0])
+    assert "reload this replica" in str(r[0])
+    assert r[1].applied and cell_of("y") == key_a  # A's own user: served on A, not refused
+    with pytest.raises(NewerCell):
+        old.recommend("x")
+    with pytest.raises(NewerCell):
+        old.reset("x", [ITEMS[0]], seq=9)
+    assert old.migrate(["x"]) == 0
+    st = probe.get_many(["x"])["x"]
+    assert (st.cell, st.seq, st.n) == (key_b, 2, 2)  # untouched by the old replica
+    # a restart on A (its command line still names A) does not make A the newest
+    restarted = Engine(cells["a"], providers="cpu", store=RedisStore(probe.url))
+    assert isinstance(restarted.apply([Event("x", ITEMS[3], 3)])[0], NewerCell)
+    # the new replica migrates A's users up; once reloaded to B, the old one serves them too
+    assert new.migrate(["y"]) == 1 and cell_of("y") == key_b
+    old.swap(old.open_cell(cells["b"]))
+    assert old.step(["x"], [ITEMS[3]], seqs=[3])[0].applied and cell_of("x") == key_b
+    # a rollback by reload: A becomes the newest; B's replicas now refuse what A rewrote
+    new.swap(new.open_cell(cells["a"]))
+    assert new.recommend("x").seq == 3 and cell_of("x") == key_a
+    assert isinstance(old.apply([Event("x", ITEMS[4], 4)])[0], NewerCell)
+    for e in (old, new, restarted):
+        e.close()
+    probe.close()
+
+
+def test_rolling_reload_of_two_replicas_never_flips_a_user_back(
+    cells, valkey, start_server, replay_fn
+):
+    """Two `recblr-serve` replicas on one Valkey, both on cell A, 8 clients sending each
+    user's seq-numbered events to a random replica (retrying on the other one when refused).
+    Replica 0 is reloaded to B, later replica 1: no user answered by B is ever answered by A
+    again, the old replica refuses B's users with 503 newer_cell and nothing else fails, and
+    in the end every user is on B with the state of its events replayed through B."""
+    probe = _fresh_db(valkey, 5)
+    url = probe.url
+    users = [f"user{u}" for u in range(60)]
+    replicas = [start_server(cells["a"], "--store", url) for _ in range(2)]
+    urls = [r.url for r in replicas]
+    sent: dict[str, list[str]] = {u: [] for u in users}
+    cells_seen: dict[str, list[str]] = {u: [] for u in users}
+    refused, failures = [0], []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        mine = users[n::8]
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                u = rng.choice(mine)
+                if len(sent[u]) >= 150:  # within --keep-history 200: the replay is exact
+                    continue
+                ev = {"user": u, "item": rng.choice(ITEMS), "seq": len(sent[u]) + 1}
+                j = rng.randrange(2)
+                for attempt in range(20):
+                    r = c.post(urls[(j + attempt) % 2] + "/v1/events", json=ev)
+                    if r.status_code == 503 and r.json()["code"] == "newer_cell":
+                        refused[0] += 1
+                        continue
+                    break
+                if r.status_code != 200 or r.json().get("applied") is False:
+                    failures.append(f"{ev}: {r.status_code} {r.text}")
+                    return
+                sent[u].append(ev["item"])
+                if not cells_seen[u] or cells_seen[u][-1] != r.json()["cell"]:
+                    cells_seen[u].append(r.json()["cell"])
+
+    with httpx.Client(timeout=30) as c:
+        cell_a = c.get(urls[0] + "/healthz").json()["cell"]
+        first = [{"user": u, "item": ITEMS[i], "seq": 1} for i, u in enumerate(users)]
+        assert c.post(urls[0] + "/v1/events", json={"events": first}).json()["failed"] == 0
+        for ev in first:
+            sent[ev["user"]].append(ev["item"])
+            cells_seen[ev["user"]].append(cell_a)
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for j in range(2):
+            time.sleep(1.5)
+            r = c.post(urls[j] + "/admin/reload", json={"onnx": str(cells["b"])})
+            assert r.status_code == 200, r.text
+            cell_b = r.json()["cell"]
+        time.sleep(1.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert failures == []
+        assert refused[0] > 0  # the old replica really met users of the new cell
+        # A, then B, never A again
+        assert all(s in ([cell_a, cell_b], [cell_a]) for s in cells_seen.values()), cells_seen
+        for j in range(2):  # both sweeps done: nothing of A is left
+            deadline = time.monotonic() + 30
+            while "recblr_migration_pending_users 0" not in c.get(urls[j] + "/metrics").text:
+                assert time.monotonic() < deadline, "the sweep did not finish"
+                time.sleep(0.1)
+    got = probe.get_many(users)
+    _, info_b, _ = open_cell(cells["b"], "cpu")
+    assert len(got) == len(users) and {st.cell for st in got.values()} == {info_b.state_key}
+    for u in users:
+        st = got[u]
+        assert (st.seq, st.recent) == (len(sent[u]), sent[u]), u
+        np.testing.assert_allclose(st.state, replay_fn(cells["b"], sent[u])[0], atol=1e-4)
+    probe.close()
