@@ -16,7 +16,7 @@ import pytest
 from recblr.runtime import Engine
 from recblr.runtime.store import MemoryStore
 
-from .conftest import ITEM_IDS, _export
+from .conftest import ITEM_IDS, _export, read_states
 
 GONE = "1060"  # in cell A's vocabulary, not in B's
 NEW = [str(2000 + i) for i in range(1, 21)]  # B's new items
@@ -53,17 +53,22 @@ def test_reload_under_load_carries_every_user_over(
     srv = start_server(cells["a"], state=db)
     rng = random.Random(0)
     users = [f"u{i}" for i in range(200)]
-    seqs = dict.fromkeys(users, 0)
+    idle = [f"idle{i}" for i in range(40)]  # never touched after the reload: only the sweep
+    resent = [f"r{i}" for i in range(20)]  # their last event is sent again across the swap
+    seqs = dict.fromkeys(users + idle + resent, 0)
+    sent: dict[str, list[str]] = {u: [] for u in seqs}  # the items applied, in order
     with httpx.Client(base_url=srv.url, timeout=30) as c:
         cell_a = c.get("/healthz").json()["cell"]
         batch = []
-        for u in users:
+        for u in seqs:
             for _ in range(rng.randint(3, 12)):
                 seqs[u] += 1
                 batch.append({"user": u, "item": rng.choice(ITEM_IDS[1:]), "seq": seqs[u]})
+                sent[u].append(batch[-1]["item"])
         for i in range(0, len(batch), 500):
             r = c.post("/v1/events", json={"events": batch[i : i + 500]})
             assert r.status_code == 200 and r.json()["failed"] == 0
+        last = {u: next(e for e in reversed(batch) if e["user"] == u) for u in resent}
 
         # 16 clients, each owning its users (so a user's seqs arrive in order), keep sending
         failures: list[str] = []
@@ -88,9 +93,14 @@ def test_reload_under_load_carries_every_user_over(
                     if r.status_code != 200 or r.json().get("applied") is False:
                         failures.append(f"{ev}: {r.status_code} {r.text}")
                         continue
+                    sent[u].append(ev["item"])
                     cell = r.json()["cell"]
                     if not seen_cells[n] or seen_cells[n][-1] != cell:
                         seen_cells[n].append(cell)
+                    if r2.random() < 0.25:  # a retry of an answered event: a duplicate
+                        r = cc.post("/v1/events", json=ev)
+                        if r.json().get("reason") != "duplicate":
+                            failures.append(f"resent {ev}: {r.status_code} {r.text}")
 
         threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
         for t in threads:
@@ -99,6 +109,11 @@ def test_reload_under_load_carries_every_user_over(
         r = c.post("/admin/reload", json={"onnx": str(grown)})
         assert r.status_code == 200, r.text
         info = r.json()
+        # the last events of `resent`, answered on A, sent again now, on B while the sweep
+        # runs: duplicates, applied once (their stored histories below hold them once)
+        for u in resent:
+            d = c.post("/v1/events", json=last[u]).json()
+            assert (d["applied"], d["reason"], d["cell"]) == (False, "duplicate", info["cell"])
         assert info["previous"] == cell_a and info["states"] == "replayed"
         assert info["items"] == len(LIVE) + len(NEW)
         cell_b = info["cell"]
@@ -130,18 +145,23 @@ def test_reload_under_load_carries_every_user_over(
             assert f"still serving {cell_b}" in r.json()["error"]
         assert c.get("/healthz").json()["cell"] == cell_b
         assert c.post("/v1/events", json={"user": "u0", "item": LIVE[1]}).status_code == 200
-        histories = {u: c.get(f"/v1/users/{u}/history").json() for u in users}
+        sent["u0"].append(LIVE[1])
+        touched = users + resent
+        histories = {u: c.get(f"/v1/users/{u}/history").json() for u in touched}
         assert "recblr_reloads_total{outcome=\"refused\"} 2" in c.get("/metrics").text
     srv.term()
 
-    # after the sweep every user's state is the replay of their stored history through B
+    # after the sweep every user's state is the replay of their stored history through B,
+    # and that history is exactly the items sent (all within --keep-history 200)
     states = states_of(db)
-    for u in users:
+    key_b = states["u0"].cell
+    for u in touched:
         h = histories[u]
-        assert h["current"] and h["seq"] == seqs[u]
+        assert h["current"] and h["seq"] == seqs[u] and h["items"] == sent[u], u
+    for u in touched + idle:  # idle users: migrated by the sweep alone (nothing read them)
         st = states[u]
-        kept = [x for x in h["items"] if x != GONE]
-        want, top, _ = replay_fn(grown, kept)
+        assert st.cell == key_b and st.recent == sent[u] and st.seq == seqs[u], u
+        want, top, _ = replay_fn(grown, [x for x in sent[u] if x != GONE])
         np.testing.assert_allclose(st.state, want, rtol=1e-4, atol=1e-5, err_msg=u)
 
 
@@ -210,3 +230,91 @@ def test_read_migrates_lazily_keeping_seq_and_counting_skipped_items(cells, grow
     np.testing.assert_allclose(st.state, want, rtol=1e-4, atol=1e-5)
     assert b.stats.users_migrated == 1 and b.stats.migration_items_skipped == 1
     assert b.step(["u"], ["1004"], seqs=[4])[0].reason == "duplicate"  # seq survived
+
+
+def test_reload_endpoint_answers_loopback_clients_only(cells):
+    """The access rule of /admin/reload on the client address the server hands it (nothing
+    but loopback can reach a test server, so the check is driven with those addresses)."""
+    from recblr.runtime.batcher import MicroBatcher
+    from recblr.runtime.metrics import Metrics
+    from recblr.runtime.reload import AdminForbidden, Reloader
+
+    eng = Engine(cells["a"], providers="cpu", store=MemoryStore())
+
+    def reloader(admin: str) -> Reloader:
+        return Reloader(eng, MicroBatcher(eng, 8, 1.0), Metrics(), admin)
+
+    local = reloader("loopback")
+    for host in ("127.0.0.1", "127.3.4.5", "::1"):
+        local.check_access({"client": (host, 40000)})
+    for scope in ({"client": ("10.1.2.3", 40000)}, {"client": ("::ffff:8.8.8.8", 1)}, {}):
+        with pytest.raises(AdminForbidden) as e:
+            local.check_access(scope)
+        assert e.value.status == 403 and "loopback clients only" in str(e.value)
+    reloader("any").check_access({"client": ("10.1.2.3", 40000)})
+    with pytest.raises(AdminForbidden, match="--admin-reload off"):
+        reloader("off").check_access({"client": ("127.0.0.1", 40000)})
+
+
+def test_keep_history_keeps_exactly_the_last_h_items(cell, start_server):
+    srv = start_server(cell, "--store", "memory", "--keep-history", "5")
+    items = [LIVE[i] for i in range(12)]
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        evs = [{"user": "u", "item": x, "seq": i + 1} for i, x in enumerate(items)]
+        assert c.post("/v1/events", json={"events": evs}).json()["failed"] == 0
+        h = c.get("/v1/users/u/history").json()
+        assert (h["items"], h["n"], h["seq"]) == (items[-5:], 12, 12)
+
+
+def test_restart_on_a_new_cell_sweeps_at_start(cells, grown, start_server, tmp_path, replay_fn):
+    """A restart on another cell: the sweep starts with the server and migrates every stored
+    user without any of them being touched."""
+    db = tmp_path / "s.db"
+    srv = start_server(cells["a"], state=db)
+    users = [f"u{i}" for i in range(300)]
+    hist = {u: [LIVE[(i + j) % len(LIVE)] for j in range(30)] for i, u in enumerate(users)}
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        evs = [{"user": u, "item": x} for u in users for x in hist[u]]
+        for i in range(0, len(evs), 1000):
+            assert c.post("/v1/events", json={"events": evs[i : i + 1000]}).json()["failed"] == 0
+    srv.term()
+    srv = start_server(grown, state=db)
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        m = _wait_sweep(c)
+    srv.term()
+    assert _metric(m, "recblr_users_migrated_total") == len(users)
+    states = read_states(db)
+    for u in users[::50]:
+        np.testing.assert_allclose(
+            states[u].state, replay_fn(grown, hist[u])[0], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_pending_counts_the_stored_users_from_the_start_of_a_boot_sweep(cells, grown):
+    """`pending` is the number of stored users the sweep has not checked: at a start on a new
+    cell it is every stored user (not 0), and it reaches 0 once all are migrated."""
+    import asyncio
+
+    from recblr.runtime.batcher import MicroBatcher
+    from recblr.runtime.metrics import Metrics
+    from recblr.runtime.reload import Reloader
+
+    store = MemoryStore()
+    a = Engine(cells["a"], providers="cpu", store=store)
+    users = [f"u{i}" for i in range(600)]
+    a.step(users, [LIVE[i % len(LIVE)] for i in range(len(users))])
+    b = Engine(grown, providers="cpu", store=store)
+
+    async def main() -> tuple[int, int]:
+        batcher = MicroBatcher(b, 64, 1.0)
+        await batcher.start()
+        rel = Reloader(b, batcher, Metrics(), "loopback")
+        await rel.boot()
+        at_start = rel.pending
+        await rel.wait_sweep()
+        await batcher.stop()
+        return at_start, rel.pending
+
+    assert asyncio.run(main()) == (len(users), 0)
+    assert b.stats.users_migrated == len(users)
+    assert {s.cell for s in store.get_many(users).values()} == {b.state_key}
