@@ -20,12 +20,16 @@ def _json(schema: dict, description: str) -> dict:
 def _errors(*codes: int) -> dict:
     text = {
         400: "malformed JSON",
+        403: "this client may not reload (--admin-reload)",
         404: "unknown user or path",
         408: "the body did not arrive in time",
+        409: "a reload is already in progress",
         413: "body or request too large",
-        422: "invalid content (field, item, k, seq, history length)",
+        422: "invalid content (field, item, k, seq, history length; a refused cell)",
         500: "the user's stored state is unusable (non_finite, corrupt_state)",
-        503: "another writer kept changing the user's record (conflict); retry",
+        503: "retry: too many requests in progress (overloaded), the server is stopping "
+        "(shutting_down), another writer kept changing the record (conflict), or the store "
+        "is unavailable",
     }
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
@@ -176,7 +180,11 @@ def document(info: Any, settings: Any) -> dict:
                         {"oneOf": [_ref("Recommendations"), results]},
                         "every event answered (applied, or a duplicate/skipped one)",
                     ),
-                    "207": _json(results, "partly applied: failed events carry their error"),
+                    "207": _json(
+                        results,
+                        "partly applied: failed events carry their error (not_applied: the "
+                        "engine failed on a later slice of this request)",
+                    ),
                     **_errors(400, 408, 413, 422, 500, 503),
                 },
             }
@@ -193,7 +201,8 @@ def document(info: Any, settings: Any) -> dict:
                     "200": {
                         "description": "one line per input line",
                         "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_errors(503),
                 },
             }
         },
@@ -203,7 +212,7 @@ def document(info: Any, settings: Any) -> dict:
                 "parameters": [user, k],
                 "responses": {
                     "200": _json(_ref("Recommendations"), "the user's current top-k"),
-                    **_errors(404, 422, 500),
+                    **_errors(404, 422, 500, 503),
                 },
             }
         },
@@ -213,7 +222,7 @@ def document(info: Any, settings: Any) -> dict:
                 "parameters": [user],
                 "responses": {
                     "200": _json(_ref("StoredHistory"), "the user's stored recent items"),
-                    **_errors(404, 422),
+                    **_errors(404, 422, 503),
                 },
             },
             "put": {
@@ -249,7 +258,7 @@ def document(info: Any, settings: Any) -> dict:
                         },
                         "deleted: whether the user had a record",
                     ),
-                    **_errors(422),
+                    **_errors(422, 503),
                 },
             }
         },
@@ -272,7 +281,8 @@ def document(info: Any, settings: Any) -> dict:
                             },
                         },
                         "the server and its cell",
-                    )
+                    ),
+                    **_errors(503),
                 },
             }
         },
@@ -283,14 +293,54 @@ def document(info: Any, settings: Any) -> dict:
                     "200": {
                         "description": "Prometheus text format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_errors(503),
                 },
             }
         },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
-                "responses": {"200": _json({"type": "object"}, "this document")},
+                "responses": {
+                    "200": _json({"type": "object"}, "this document"),
+                    **_errors(503),
+                },
+            }
+        },
+        "/admin/reload": {
+            "post": {
+                "operationId": "reload",
+                "summary": "swap the serving cell live (operators; loopback-only by default)",
+                "requestBody": {
+                    "required": False,
+                    "description": "empty: reload the last cell path",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"onnx": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["cell", "previous", "items", "k", "states", "pending"],
+                            "properties": {
+                                "cell": {"type": "string"},
+                                "previous": {"type": "string"},
+                                "items": {"type": "integer"},
+                                "k": {"type": "integer"},
+                                "states": {"type": "string"},
+                                "pending": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                        "the new cell serves; pending: stored users its sweep has yet to visit",
+                    ),
+                    **_errors(400, 403, 408, 409, 413, 422, 503),
+                },
             }
         },
     }

@@ -76,6 +76,8 @@ def test_endpoints_and_bad_input(cell, start_server, replay_fn):
             (c.put("/v1/users/9/history", json={"x": 1}), 422, "items"),
             (c.get("/v1/nothing"), 404, "Not Found"),
             (c.get("/v1/events"), 405, "Method Not Allowed"),
+            # a path the file system cannot even look up (a name over 255 bytes)
+            (c.post("/admin/reload", json={"onnx": "a" * 300}), 422, "cell refused"),
         ]
         for r, code, text in bad:
             assert r.status_code == code, (r.status_code, r.text, text)
