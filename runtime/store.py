@@ -70,36 +70,77 @@ class StateStore(Protocol):
 
 
 # ----------------------------------------------------------------- the record's bytes
+# RBU2: a fixed header, the cell key, the recent ids as one compact block, then the raw
+# float32 state, int64 top items and float32 top scores. SQLite writes a record in whole
+# pages (a leaf's share and overflow pages), so its size sets what a commit costs: as a JSON
+# list (RBU1) the default 200 recent ids cost the record a second overflow page, written on
+# every event. Digit-only ids (the usual catalog) take half a byte a digit here, any other
+# ids their UTF-8 and one byte each.
 _F32 = np.dtype(np.float32)
 _I64 = np.dtype(np.int64)
-_HEAD = struct.Struct("<4sI")  # magic, header length
-_MAGIC = b"RBU1"
+_MAGIC = b"RBU2"
+# magic, seq (-1: none), n, rev, k (-1: no top-K), cell key bytes, recent block bytes
+_HEAD = struct.Struct("<4sqqqiII")
+_MAGIC_V1 = b"RBU1"  # read, never written: a JSON header (recent as a list) and the arrays
+_HEAD_V1 = struct.Struct("<4sI")
+_DIGITS = b"D"  # every id is ASCII digits: two digits a byte (hex nibbles), "a" between ids
+_NOT_DIGITS = b"0123456789a"
+_TEXT = b"T"  # any other ids: their UTF-8, byte 0xFF (which UTF-8 never holds) between ids
+_SEP = b"\xff"
+
+
+def _text(s: str) -> bytes:
+    return s.encode("utf-8", "surrogatepass")  # a lone surrogate is kept, as user ids are
+
+
+def _pack_recent(ids: list[str]) -> bytes:
+    """The recent ids as one block (empty for none); see `_unpack_recent`."""
+    if not ids:
+        return b""
+    joined = "a".join(ids)
+    if joined.isascii() and joined.count("a") == len(ids) - 1:
+        if not joined.encode().translate(None, _NOT_DIGITS):  # digits and separators only
+            return _DIGITS + bytes.fromhex(joined + "f" if len(joined) % 2 else joined)
+    joined = "\0".join(ids)
+    if joined.count("\0") == len(ids) - 1:  # NUL only between ids: one encode, one replace
+        return _TEXT + _text(joined).replace(b"\0", _SEP)
+    return _TEXT + _SEP.join([_text(x) for x in ids])
+
+
+def _unpack_recent(block: bytes) -> list[str]:
+    if not block:
+        return []
+    tag, body = block[:1], block[1:]
+    if tag == _DIGITS:
+        digits = body.hex()
+        if digits.endswith("f"):
+            digits = digits[:-1]
+        if digits.encode().translate(None, _NOT_DIGITS):
+            raise ValueError("corrupt recent items in a recblr user record")
+        return digits.split("a")
+    if tag != _TEXT:
+        raise ValueError("corrupt recent items in a recblr user record")
+    if b"\0" not in body:
+        return body.replace(_SEP, b"\0").decode("utf-8", "surrogatepass").split("\0")
+    return [x.decode("utf-8", "surrogatepass") for x in body.split(_SEP)]
 
 
 def encode_record(s: UserState) -> bytes:
-    """One record as bytes (every persistent store writes exactly these): a small JSON header
-    (cell, seq, n, rev, recent, k) and then the raw float32 state, int64 top items and
-    float32 top scores."""
+    """One record as bytes (every persistent store writes exactly these; RBU2)."""
     state = s.state if s.state.dtype == _F32 else s.state.astype(_F32)
     k = -1 if s.top_items is None else len(s.top_items)
-    head = jsonio.dumps(
-        {"cell": s.cell, "seq": s.seq, "n": s.n, "rev": s.rev, "recent": s.recent, "k": k}
-    )
-    parts = [_HEAD.pack(_MAGIC, len(head)), head, state.tobytes()]
+    cell, recent = _text(s.cell), _pack_recent(s.recent)
+    seq = -1 if s.seq is None else s.seq
+    parts = [_HEAD.pack(_MAGIC, seq, s.n, s.rev, k, len(cell), len(recent)), cell, recent]
+    parts.append(state.tobytes())
     if k >= 0:
         parts.append(np.ascontiguousarray(s.top_items, dtype=_I64).tobytes())
         parts.append(np.ascontiguousarray(s.top_scores, dtype=_F32).tobytes())
     return b"".join(parts)
 
 
-def decode_record(raw: bytes) -> UserState:
-    """The inverse of `encode_record` (the arrays own their memory)."""
-    magic, n = _HEAD.unpack_from(raw)
-    if magic != _MAGIC:
-        raise ValueError("not a recblr user record")
-    start = _HEAD.size + n
-    h = jsonio.loads(raw[_HEAD.size : start])
-    k = h["k"]
+def _arrays(raw: bytes, start: int, k: int):
+    """The state, top items and top scores that fill `raw` from `start` (each owns a copy)."""
     tail = len(raw) - start - (12 * k if k >= 0 else 0)
     if tail < 0 or tail % 4:
         raise ValueError("truncated recblr user record")
@@ -109,9 +150,43 @@ def decode_record(raw: bytes) -> UserState:
         p = start + tail
         ti = np.frombuffer(raw[p : p + 8 * k], _I64)
         ts = np.frombuffer(raw[p + 8 * k : p + 12 * k], _F32)
+    return state, ti, ts
+
+
+def decode_record(raw: bytes) -> UserState:
+    """The inverse of `encode_record`; records written as RBU1 are read too. Raises
+    ValueError (or KeyError, TypeError, struct.error) for bytes that are not a record."""
+    magic = raw[:4]
+    if magic == _MAGIC_V1:
+        return _decode_v1(raw)
+    if magic != _MAGIC:
+        raise ValueError("not a recblr user record")
+    _, seq, n, rev, k, n_cell, n_recent = _HEAD.unpack_from(raw)
+    p = _HEAD.size
+    q = p + n_cell + n_recent
+    if q > len(raw) or k < -1:
+        raise ValueError("truncated recblr user record")
+    cell = raw[p : p + n_cell].decode("utf-8", "surrogatepass")
+    recent = _unpack_recent(raw[p + n_cell : q])
+    state, ti, ts = _arrays(raw, q, k)
     return UserState(
-        cell=h["cell"], state=state, seq=h["seq"], n=h["n"], rev=h["rev"],
-        recent=h["recent"], top_items=ti, top_scores=ts,
+        cell=cell, state=state, seq=None if seq < 0 else seq, n=n, rev=rev, recent=recent,
+        top_items=ti, top_scores=ts,
+    )  # fmt: skip
+
+
+def _decode_v1(raw: bytes) -> UserState:
+    """An RBU1 record: the JSON header (cell, seq, n, rev, recent, k), then the arrays."""
+    _, n = _HEAD_V1.unpack_from(raw)
+    start = _HEAD_V1.size + n
+    h = jsonio.loads(raw[_HEAD_V1.size : start])
+    recent = h["recent"]
+    if not isinstance(recent, list) or not all(isinstance(x, str) for x in recent):
+        raise TypeError("recent items of a recblr user record must be strings")
+    state, ti, ts = _arrays(raw, start, h["k"])
+    return UserState(
+        cell=h["cell"], state=state, seq=h["seq"], n=h["n"], rev=h["rev"], recent=recent,
+        top_items=ti, top_scores=ts,
     )  # fmt: skip
 
 
@@ -504,12 +579,13 @@ class SQLiteStore:
 
 def open_store(spec: str, durability: str = "normal", capacity: int = 1_000_000) -> StateStore:
     """'memory' -> MemoryStore(capacity); 'redis://...' or 'valkey://...' -> RedisStore(url)
-    (imported only then); anything else ('sqlite:PATH' or a path) -> SQLiteStore."""
+    (imported only then); anything else ('sqlite:PATH' or a path) -> SQLiteStore. The
+    persistent stores both get `durability` ('full': an answered write survives power loss)."""
     if spec == "memory":
         return MemoryStore(capacity)
     if spec.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://")):
         from recblr.runtime.redis_store import RedisStore
 
-        return RedisStore(spec)
+        return RedisStore(spec, durability=durability)
     path = spec[len("sqlite:") :] if spec.startswith("sqlite:") else spec
     return SQLiteStore(path, durability=durability)
