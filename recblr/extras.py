@@ -7,7 +7,7 @@ import importlib.util
 
 from recblr.errors import RecblrError
 
-TRAIN_EXTRA_HINT = "training, evaluation and export need the train extra: pip install 'recblr[train]'"
+TRAIN_EXTRA_HINT = "training, evaluation, export and the data commands need the train extra: pip install 'recblr[train]'"
 
 
 # What each group of commands imports beyond the base install (all of it comes with `train`).
