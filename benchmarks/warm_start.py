@@ -7,15 +7,17 @@ user's validation and test targets (leave-one-out on week 2) lie in what week 1 
 A model is trained on week 1 from scratch; then, on week 2, one run from scratch and one warm
 start from the week-1 model (`recblr.warm_start`: mapping extended, old rows and weights
 kept), with the same settings and seed. Reported per run: best validation NDCG@10 (stream
-mode, the early-stopping metric), the epoch, training seconds and wall seconds (training
-plus validation, from the run's start) to reach it, the whole run's seconds, and when the
-warm run first matches the scratch run's best. The result file is rewritten after each seed.
+mode, the early-stopping metric), the epoch, training seconds, and wall and CPU seconds
+(training plus validation, from the run's start) to reach it, the whole run's seconds, and
+when the warm run first matches the scratch run's best. The result file is rewritten after
+each seed; `--combine` makes one result of seeds run in parallel processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -52,16 +54,17 @@ def first_part(inter: Interactions, frac: float) -> Interactions:
 
 
 class EpochClock(io.TextIOBase):
-    """The console `train` prints to: notes the wall time of each "epoch N |" line (printed
-    after the epoch's validation) and passes everything on to stderr."""
+    """The console `train` prints to: notes the wall and CPU time of each "epoch N |" line
+    (printed after the epoch's validation) and passes everything on to stderr. CPU seconds
+    (one thread) hardly change with what else the machine runs; wall seconds do."""
 
     def __init__(self):
-        self.start = time.perf_counter()
-        self.epoch_ends: list[float] = []
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.epoch_ends: list[tuple[float, float]] = []
 
     def write(self, s: str) -> int:
         if s.startswith("epoch "):
-            self.epoch_ends.append(time.perf_counter() - self.start)
+            self.epoch_ends.append((time.perf_counter() - self.start, time.process_time() - self.cpu_start))
         sys.stderr.write(s)
         return len(s)
 
@@ -76,23 +79,27 @@ def timed_train(
     clock = EpochClock()
     data, model_cfg, init = prepare()
     result = train(data, model_cfg, cfg, console=Console(file=clock, width=120), init=init)
-    wall = time.perf_counter() - clock.start
+    wall, cpu = time.perf_counter() - clock.start, time.process_time() - clock.cpu_start
     hist = result.metrics["history"]
     if len(clock.epoch_ends) != len(hist):
         raise RuntimeError("could not time every epoch: train() printed another number of epoch lines")
-    for h, end in zip(hist, clock.epoch_ends, strict=True):
-        h["wall_seconds"] = end
+    for h, (end, cpu_end) in zip(hist, clock.epoch_ends, strict=True):
+        h["wall_seconds"], h["cpu_seconds"] = end, cpu_end
     best = result.metrics["best_epoch"]
     return result, {
         "best_valid_ndcg@10": max(h["valid_ndcg@10"] for h in hist),
         "best_epoch": best,
         "train_seconds_to_best": sum(h["seconds"] for h in hist[:best]),
         "wall_seconds_to_best": hist[best - 1]["wall_seconds"],
+        "cpu_seconds_to_best": hist[best - 1]["cpu_seconds"],
         "epochs_run": len(hist),
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "test_stream_ndcg@10": result.metrics["test"]["stream"]["ndcg@10"],
         "valid_curve": [round(h["valid_ndcg@10"], 5) for h in hist],
         "wall_curve": [round(h["wall_seconds"], 1) for h in hist],
+        "cpu_curve": [round(h["cpu_seconds"], 1) for h in hist],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -116,7 +123,7 @@ def one_seed(inter: Interactions, frac: float, epochs: int, patience: int, seed:
     new_items = warm.model.cfg.n_items - week1.n_items
 
     target = scratch_run["best_valid_ndcg@10"]
-    reached = next(({"epoch": h["epoch"], "wall_seconds": h["wall_seconds"],
+    reached = next(({"epoch": h["epoch"], "wall_seconds": h["wall_seconds"], "cpu_seconds": h["cpu_seconds"],
                      "train_seconds": sum(g["seconds"] for g in warm.metrics["history"][: h["epoch"]])}
                     for h in warm.metrics["history"] if h["valid_ndcg@10"] >= target), None)
     return {
@@ -131,6 +138,7 @@ def one_seed(inter: Interactions, frac: float, epochs: int, patience: int, seed:
         "warm": warm_run,
         "warm_reaches_scratch_best": reached,
         "ratio_wall_seconds_to_best_warm_vs_scratch": warm_run["wall_seconds_to_best"] / scratch_run["wall_seconds_to_best"],
+        "ratio_cpu_seconds_to_best_warm_vs_scratch": warm_run["cpu_seconds_to_best"] / scratch_run["cpu_seconds_to_best"],
     }
 
 
@@ -140,13 +148,16 @@ def summarise(runs: list[dict]) -> dict:
         return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
     out = {f"{k}_{m}": stats([r[k][m] for r in runs]) for k in ("scratch", "warm")
-           for m in ("best_valid_ndcg@10", "wall_seconds_to_best", "wall_seconds", "test_stream_ndcg@10")}
-    out["ratio_wall_seconds_to_best_warm_vs_scratch"] = stats(
-        [r["ratio_wall_seconds_to_best_warm_vs_scratch"] for r in runs])
+           for m in ("best_valid_ndcg@10", "best_epoch", "wall_seconds_to_best", "cpu_seconds_to_best",
+                     "wall_seconds", "cpu_seconds", "test_stream_ndcg@10")}
+    for clock in ("wall", "cpu"):
+        key = f"ratio_{clock}_seconds_to_best_warm_vs_scratch"
+        out[key] = stats([r[key] for r in runs])
     reached = [r["warm_reaches_scratch_best"] for r in runs]
     out["warm_reached_scratch_best"] = f"{sum(x is not None for x in reached)} of {len(runs)} seeds"
     if all(x is not None for x in reached):
-        out["warm_wall_seconds_to_scratch_best"] = stats([x["wall_seconds"] for x in reached])
+        for m in ("epoch", "wall_seconds", "cpu_seconds"):
+            out[f"warm_{m}_to_scratch_best"] = stats([x[m] for x in reached])
     return out
 
 
@@ -157,7 +168,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seeds", type=int, nargs="+", default=[TrainConfig.seed])
     p.add_argument("--out", default="warm_start")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                   help="instead: one result of the runs in these result files (seeds run in parallel)")
     args = p.parse_args()
+    if args.combine:
+        parts = [json.loads(f.read_text()) for f in args.combine]
+        runs = [r for part in parts for r in part["runs"]]
+        print(write_result(args.out, {**provenance(), "split": parts[0]["split"], "note": parts[0]["note"],
+                                      "seeds_done": [r["seed"] for r in runs], "summary": summarise(runs),
+                                      "parts": [{k: v for k, v in part.items() if k not in ("runs", "summary")}
+                                                for part in parts], "runs": runs}))
+        return
     torch.set_num_threads(1)
 
     inter = read_interactions(resolve_data("ml-100k"))
