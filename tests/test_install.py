@@ -48,7 +48,7 @@ def serving_env(tmp_path_factory) -> tuple[Path, Path]:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(src)],
-                   check=True, env=env, timeout=60)
+                   check=True, env=env, timeout=120)
     wheel = next((work / "dist").glob("recblr-*.whl"))
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
@@ -56,7 +56,7 @@ def serving_env(tmp_path_factory) -> tuple[Path, Path]:
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         cell = _export_cell(work / "cell.onnx")
-        out, _ = install.communicate(timeout=90)
+        out, _ = install.communicate(timeout=240)
     finally:
         install.kill()
     assert install.returncode == 0, out
