@@ -17,6 +17,7 @@ users per second (from /metrics: users migrated over the time until none is pend
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--out", default="reload")
     args = p.parse_args()
+    load_start = os.getloadavg()  # the machine is shared: the noise is stated with the figures
     tmp = Path(tempfile.mkdtemp(prefix="recblr-reload-bench-"))
     a, b = cells(tmp)
     proc, port = sb.start_cell_server(a, tmp / "state.db", "--log-level", "error")
@@ -128,6 +130,7 @@ def main() -> None:
 
     payload = {
         **provenance(),
+        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "setup": {
             "clients": args.clients, "seconds": args.seconds, "stored_users": args.users,
             "history": HISTORY, "cell_items": [sb.N_ITEMS, sb.N_ITEMS + NEW_ITEMS],

@@ -114,7 +114,8 @@ class LoadedCell:
         """(next_state, top_items, top_scores) for one batch, from the cell or its index."""
         if self.ann is not None:
             ns, vec = self.session.run(
-                [C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR], {C.INPUT_ITEM: item, C.INPUT_STATE: state}
+                [C.OUTPUT_NEXT_STATE, OUTPUT_USER_VECTOR],
+                {C.INPUT_ITEM: item, C.INPUT_STATE: state},
             )
             ti, ts = self.ann(vec, exclude, self.info.top_k)
             return ns, ti, ts

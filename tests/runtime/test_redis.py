@@ -211,7 +211,9 @@ def test_durability_settings_are_read_and_checked(tmp_path, valkey):
         assert full.server_durability == "appendfsync always"
         # "normal" accepts every setting, and says when the server itself can lose answers
         assert full.durability_warning is None and RedisStore(valkey.url).durability_warning is None
-        assert "loses every event since its last snapshot" in RedisStore(none.url).durability_warning
+        assert (
+            "loses every event since its last snapshot" in RedisStore(none.url).durability_warning
+        )
         full._r.config_set("appendfsync", "no")
         weak = RedisStore(always.url)
         assert weak.server_durability == "appendfsync no"
@@ -395,7 +397,17 @@ def test_two_replicas_exactly_once_through_a_sigkill(
 def test_serve_with_unreachable_store_says_so_in_one_line(cell):
     url = f"redis://:secret@127.0.0.1:{free_port()}/0"
     p = subprocess.run(
-        [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0", "--store", url],
+        [
+            sys.executable,
+            "-m",
+            "recblr.runtime",
+            "--onnx",
+            str(cell),
+            "--port",
+            "0",
+            "--store",
+            url,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -546,3 +558,33 @@ def test_rolling_reload_of_two_replicas_never_flips_a_user_back(
         assert (st.seq, st.recent) == (len(sent[u]), sent[u]), u
         np.testing.assert_allclose(st.state, replay_fn(cells["b"], sent[u])[0], atol=1e-4)
     probe.close()
+
+
+def test_serve_names_the_servers_durability_and_full_refuses_a_weak_one(cell, tmp_path):
+    """recblr-serve on a Valkey without an append-only file: `--durability normal` starts,
+    warns in one line and names the setting on its start line; `--durability full` refuses
+    to start, in one line (it needs appendonly yes + appendfsync always)."""
+    weak = _start(tmp_path / "weak", None)
+    cmd = [sys.executable, "-m", "recblr.runtime", "--onnx", str(cell), "--port", "0"]
+    try:
+        p = subprocess.Popen(
+            [*cmd, "--store", weak.url], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        try:
+            first, second = p.stderr.readline(), p.stderr.readline()
+        finally:
+            p.kill()
+            p.wait(10)
+            p.stderr.close()
+        assert first.startswith("recblr-serve: warning:") and "no append-only file" in first
+        assert "listening on" in second and "store redis, no append-only file" in second
+        p = subprocess.run(
+            [*cmd, "--store", weak.url, "--durability", "full"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stderr
+        assert "--durability full needs the server to fsync" in lines[0]
+    finally:
+        weak.stop()

@@ -148,7 +148,7 @@ def test_reload_under_load_carries_every_user_over(
         sent["u0"].append(LIVE[1])
         touched = users + resent
         histories = {u: c.get(f"/v1/users/{u}/history").json() for u in touched}
-        assert "recblr_reloads_total{outcome=\"refused\"} 2" in c.get("/metrics").text
+        assert 'recblr_reloads_total{outcome="refused"} 2' in c.get("/metrics").text
     srv.term()
 
     # after the sweep every user's state is the replay of their stored history through B,
