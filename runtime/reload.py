@@ -172,8 +172,11 @@ class Reloader:
         """At the server's start: sweep the store when it holds users, so records another
         cell made (a restart on a new cell) are carried over without waiting to be touched,
         and `pending` counts them until then."""
-        if self.engine.keep_history > 0 and await asyncio.to_thread(self.engine.users_held):
-            await self._start_sweep()
+        try:
+            if self.engine.keep_history > 0 and await asyncio.to_thread(self.engine.users_held):
+                await self._start_sweep()
+        except RuntimeUserError as e:  # the store is away: users migrate lazily meanwhile
+            print(f"recblr-serve: migration sweep not started: {e}", file=sys.stderr)
 
     async def _start_sweep(self) -> None:
         await self.stop()
