@@ -187,15 +187,16 @@ def serving_one(n_items: int, work: Path, args) -> tuple[dict, Path, Path]:
                  "held_out_recall@10": held_out, "held_out_users": args.recall_users,
                  "runs": []}
     for threads in args.threads:
-        exact = Engine(exact_path, providers="cpu", threads=threads)
         for batch in (1, 64):
             max_events = args.max_events if batch == 64 else args.max_events // 4
             for ef in args.efs:  # exact streams again before each ef: the ratio is taken seconds apart
                 set_search_ef(ann_path, ef)
+                # fresh engines (empty user states) for both, so their answers compare the same states
+                exact = Engine(exact_path, providers="cpu", threads=threads)
                 ann = Engine(ann_path, providers="cpu", threads=threads)
                 e_stats, e_ans = stream(exact, users, items, batch, args.budget, max_events)
                 a_stats, a_ans = stream(ann, users, items, batch, args.budget, max_events)
-                del ann
+                del exact, ann
                 m = min(len(e_ans), len(a_ans))
                 recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(a_ans[:m], e_ans[:m], strict=True)]))
                 row = {"threads": threads, "batch": batch, "ef": ef, "exact": e_stats, "ann": a_stats,
@@ -205,7 +206,6 @@ def serving_one(n_items: int, work: Path, args) -> tuple[dict, Path, Path]:
                 print(f"  n={n_items} threads={threads} batch={batch} ef={ef}: exact {e_stats['events_per_s']:.0f}/s "
                       f"p50 {e_stats['p50_ms']:.2f}ms | ann {a_stats['events_per_s']:.0f}/s p50 "
                       f"{a_stats['p50_ms']:.2f}ms | x{row['ann_speedup']:.1f} | recall@10 {recall:.3f}", flush=True)
-        del exact
     return res, exact_path, ann_path
 
 
