@@ -30,8 +30,9 @@ validation (bad fields, an unknown item under the "error" policy) refuse the who
 (4xx) before anything is applied; an engine failure before any of its events was applied
 fails the whole request with that error (nothing applied).
 
-No framework: routing is one table (`App.routes()` lists it for the OpenAPI test), and the raw ASGI keeps one body reader, one way of
-answering and one place that records request metrics (`App.__call__`).
+No framework: routing is one table (`App.routes()` lists it for the OpenAPI test), and the
+raw ASGI keeps one body reader, one way of answering (`App._error` for errors) and one place
+that records request metrics (`App._request`).
 """
 
 from __future__ import annotations
@@ -542,6 +543,7 @@ class App:
             queued, answered = None, lineno
 
         async def reader() -> None:
+            nonlocal reading
             try:
                 await read_lines()
             except asyncio.CancelledError:
@@ -556,6 +558,7 @@ class App:
                 )
                 await window.put({"line": last + 1, "error": str(e), "code": e.code})
             finally:
+                reading = False  # from here on a shutdown has nothing to cut
                 if not cancelled:  # the writer waits for this; a cancelled reader has no writer
                     await window.put(None)
 
@@ -581,11 +584,12 @@ class App:
 
         def shut() -> None:
             nonlocal shutting
-            if not shutting and not task.done():
+            if reading and not shutting:
                 shutting = True
                 task.cancel()
 
         cancelled = shutting = False
+        reading = True
         task = asyncio.create_task(reader())
         scope[SHUTDOWN_HOOK] = shut
         headers = [(b"content-type", b"application/x-ndjson")]
