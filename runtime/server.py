@@ -549,7 +549,8 @@ class App:
             except asyncio.CancelledError:
                 if cancelled or not shutting:
                     raise
-                task.uncancel()  # our own cut (shutdown), not the writer's end
+                if hasattr(task, "uncancel"):  # Python 3.11+; our own cut, not the writer's end
+                    task.uncancel()
                 last = answered if queued is None else queued[0]
                 if queued is not None:  # submitted: it is applied, so it is answered
                     await window.put(queued)
