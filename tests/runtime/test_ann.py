@@ -45,7 +45,7 @@ def test_retrieval_engine_answers_like_the_exact_engine(pair, exclude_seen):
     ann = Engine(pair["ann1"], providers="cpu", exclude_seen=exclude_seen)
     assert ann.state_key == exact.state_key  # same weights: the same user states
     for a, b in zip(exact.step(users, items), ann.step(users, items), strict=True):
-        assert b.items == a.items  # 60 items, beam 128: the search is exhaustive
+        assert b.items == a.items  # 60 items, default beam 64: the search is exhaustive
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
     if exclude_seen:
         last = {}
