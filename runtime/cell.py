@@ -178,7 +178,11 @@ def session_options(threads: int | None = None):
 def open_cell(path: str | os.PathLike, providers="auto", threads: int | None = None):
     """Open a cell: returns (session, CellInfo, providers actually used)."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        found = p.is_file()
+    except OSError as e:  # the path cannot even be looked up (a name too long, ...)
+        raise CellError(f"{p}: not a usable path ({e.strerror or e}); pass the cell file's path") from None
+    if not found:
         raise CellError(f"{p}: no such cell file; export one with recblr-export")
     ort = _ort()
     chosen = resolve_providers(providers)

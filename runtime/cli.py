@@ -107,10 +107,17 @@ def serve(
         1 << 20
     ),
     max_history: Annotated[int, typer.Option(help="longest history a PUT may send")] = 10_000,
+    max_requests: Annotated[
+        int,
+        typer.Option(help="requests in progress at once; the next is answered 503 overloaded"),
+    ] = 1024,
     body_timeout: Annotated[
         float,
-        typer.Option(help="seconds a request body (or a stream's next chunk) may take to arrive"),
-    ] = 10.0,
+        typer.Option(
+            help="seconds a request body (or a stream's next chunk) may take to arrive; keep it "
+            "below --shutdown-timeout so a stalled body is cut by its own clock"
+        ),
+    ] = 5.0,
     shutdown_timeout: Annotated[
         float,
         typer.Option(help="seconds open requests get to finish after SIGTERM"),
@@ -149,6 +156,7 @@ def serve(
     _check(keep_history >= 0, f"--keep-history {keep_history}: must be >= 0")
     _check(body_timeout > 0, f"--body-timeout {body_timeout}: must be > 0 seconds")
     _check(shutdown_timeout > 0, f"--shutdown-timeout {shutdown_timeout}: must be > 0 seconds")
+    _check(max_requests >= 1, f"--max-requests {max_requests}: must be >= 1")
     from recblr.runtime.engine import Engine
 
     st = _open_store(store_spec(store, state), durability, memory_users)
@@ -177,6 +185,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             max_history=max_history,
             body_timeout_s=body_timeout,
+            max_requests=max_requests,
             admin_reload=admin_reload.value,
         )
         try:
