@@ -443,8 +443,20 @@ class Engine:
         results: list[Recs | Exception | None] = [None] * len(events)
         pending = list(range(len(events)))
         with self._lock:
-            for _ in range(self.COMMIT_ATTEMPTS):
-                lost = self._apply_once(events, pending, k, results)
+            for attempt in range(self.COMMIT_ATTEMPTS):
+                try:
+                    lost = self._apply_once(events, pending, k, results)
+                except Exception as e:
+                    if attempt == 0:
+                        raise  # nothing of these events is stored: the caller answers the error
+                    # an earlier attempt committed its other users: only the re-stepped ones failed
+                    for i in pending:
+                        results[i] = Conflict(
+                            f"user {events[i].user!r}: not applied ({type(e).__name__}: {e}) while "
+                            "re-applying after a concurrent write; retry it"
+                        )
+                    self.stats.events_failed += len(pending)
+                    return results  # type: ignore[return-value]
                 if not lost:
                     break
                 self.stats.commit_conflicts += len(lost)

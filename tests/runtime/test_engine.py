@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recblr.runtime import Engine
+from recblr.runtime.jsonio import Event
 from recblr.runtime.store import MemoryStore
 
 from .conftest import _export
@@ -85,3 +86,45 @@ def test_batch_rows_are_exact_and_own_their_memory():
     assert not np.array_equal(rows[0], a[0])
     mixed = [rows[0], rows[1].astype(np.float64), np.zeros(1024, np.float32)]
     assert np.array_equal(_stack_rows(mixed), np.stack(mixed).astype(np.float32))
+
+
+class _AnotherWriterThenFailure:
+    """A real SQLite store on which another writer changes user "b" just before the first
+    commit (so "b" loses its compare-and-set and is re-stepped), and the retry's commit fails."""
+
+    def __init__(self, store, other):
+        self._store, self._other, self.commits = store, other, 0
+
+    def commit(self, writes):
+        self.commits += 1
+        if self.commits == 1:
+            self._other.step(["b"], ["1003"])
+        elif self.commits == 2:
+            raise OSError("disk I/O error")
+        return self._store.commit(writes)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_failed_retry_fails_only_the_re_stepped_users(cell, tmp_path):
+    """User "a" is committed by the first attempt; only "b", re-stepped after a concurrent write,
+    is answered as not applied when the retry's commit fails (nothing half-applied, nothing
+    applied answered as failed)."""
+    from recblr.runtime.errors import Conflict
+    from recblr.runtime.store import SQLiteStore
+
+    db = tmp_path / "s.db"
+    other = Engine(cell, providers="cpu", store=SQLiteStore(db, exclusive=False))
+    other.step(["b"], ["1001"])
+    store = _AnotherWriterThenFailure(SQLiteStore(db, exclusive=False), other)
+    engine = Engine(cell, providers="cpu", store=store)
+    out = engine.apply([Event("a", "1001", 1), Event("b", "1002", 1)])
+    assert store.commits == 2
+    assert not isinstance(out[0], Exception) and out[0].applied is not False
+    assert isinstance(out[1], Conflict) and "retry it" in str(out[1])
+    assert engine.get_state("a").n == 1  # committed by the first attempt, answered as applied
+    assert engine.get_state("b").n == 2 and engine.get_state("b").seq is None  # the other writer's two
+    assert engine.step(["b"], ["1002"], seqs=[1])[0].applied is not False  # the retry applies it once
+    assert engine.get_state("b").n == 3
+    engine.close(), other.close()
