@@ -95,7 +95,7 @@ def export(
         "the runtime asks an HNSW index written beside it (<cell>.hnsw) for the top-K.")] = Retrieval("exact"),
     ann_m: Annotated[int, typer.Option(help="--retrieval ann: HNSW links per node (M).")] = 16,
     ann_ef_construction: Annotated[int, typer.Option(help="--retrieval ann: build beam.")] = 100,
-    ann_ef: Annotated[int, typer.Option(help="--retrieval ann: search beam (higher: better recall, slower).")] = 128,
+    ann_ef: Annotated[int, typer.Option(help="--retrieval ann: search beam (higher: better recall, slower).")] = 64,
     min_recall: Annotated[float, typer.Option(
         help="--retrieval ann --verify: lowest recall@10 against exact top-10 accepted.")] = 0.95,
 ) -> None:

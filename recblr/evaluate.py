@@ -142,6 +142,21 @@ def history_ranks(
     return ranks
 
 
+def evaluate_ranks(
+    model: RecBLR,
+    data: SequenceData,
+    split: str = "test",
+    modes: tuple[str, ...] = MODES,
+    max_len: int = 200,
+    batch_size: int = 4096,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """{mode: each user's target rank} on the `valid` or `test` split."""
+    histories, targets = data.split_histories(split)
+    return {mode: history_ranks(model, histories, targets, mode, max_len, batch_size, progress=progress)
+            for mode in modes}
+
+
 def evaluate(
     model: RecBLR,
     data: SequenceData,
@@ -152,10 +167,20 @@ def evaluate(
     progress=None,
 ) -> dict[str, dict[str, float]]:
     """{mode: {metric@k: value}} on the `valid` or `test` split."""
-    histories, targets = data.split_histories(split)
-    return {
-        mode: metrics_from_ranks(
-            history_ranks(model, histories, targets, mode, max_len, batch_size, progress=progress)
-        )
-        for mode in modes
+    ranks = evaluate_ranks(model, data, split, modes, max_len, batch_size, progress)
+    return {mode: metrics_from_ranks(r) for mode, r in ranks.items()}
+
+
+def stream_minus_window(ranks: dict[str, np.ndarray], k: int = 10) -> dict[str, float]:
+    """Paired per-user NDCG@k of `stream` minus `window`: the gap between serving's view and the
+    paper's, with its standard error over users, so a run says whether the gap is noise."""
+    diff = ndcg_per_user(ranks["stream"], k) - ndcg_per_user(ranks["window"], k)
+    window = float(ndcg_per_user(ranks["window"], k).mean())
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    mean = float(diff.mean())
+    return {  # None where undefined (JSON has no NaN)
+        f"ndcg@{k}": mean,
+        "standard_error": se,
+        "relative": mean / window if window > 0 else None,
+        "standard_errors": mean / se if se > 0 else None,
     }

@@ -33,7 +33,13 @@ from recblr.distributed import (
     world_from_env,
 )
 from recblr.errors import RecblrError
-from recblr.evaluate import evaluate, pad_right
+from recblr.evaluate import (
+    evaluate,
+    evaluate_ranks,
+    metrics_from_ranks,
+    pad_right,
+    stream_minus_window,
+)
 from recblr.losses import LossFn, NegativeSampler, make_loss
 from recblr.model import RecBLR
 from recblr.resume import (
@@ -499,7 +505,9 @@ def train(
         task = progress.add_task("evaluating", total=4 * n_users)
         step = lambda n: progress.advance(task, n)  # noqa: E731
         valid = evaluate(model, data, "valid", max_len=cfg.max_len, batch_size=cfg.eval_batch_size, progress=step)
-        test = evaluate(model, data, "test", max_len=cfg.max_len, batch_size=cfg.eval_batch_size, progress=step)
+        test_ranks = evaluate_ranks(model, data, "test", max_len=cfg.max_len, batch_size=cfg.eval_batch_size,
+                                    progress=step)
+    test = {mode: metrics_from_ranks(r) for mode, r in test_ranks.items()}
     metrics = {
         "best_epoch": best_epoch,
         "epochs": len(history),
@@ -507,6 +515,7 @@ def train(
         "train_seconds": t_train,
         "valid": valid,
         "test": test,
+        "stream_minus_window_test": stream_minus_window(test_ranks),
         "history": history,
         "complete": True,
     }

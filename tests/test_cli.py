@@ -19,13 +19,27 @@ def test_train_then_evaluate(small_inter: Path, tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert "epoch   1 | loss" in r.stderr and "valid NDCG@10" in r.stderr
     assert set(json.loads(r.stdout)["test"]) == {"window", "stream"}
-    assert json.loads((tmp_path / "m.json").read_text())["epochs"] == 2
+    assert "test NDCG@10 stream - window:" in r.stderr and "paired over users" in r.stderr
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["epochs"] == 2 and set(saved["stream_minus_window_test"]) >= {"ndcg@10", "standard_error"}
     r = recblr("evaluate", str(out))
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["split"] == "test" and 0 <= res["stream"]["ndcg@10"] <= 1 and "hr@20" in res["window"]
+    gap = res["stream_minus_window"]
+    assert gap["ndcg@10"] == pytest.approx(res["stream"]["ndcg@10"] - res["window"]["ndcg@10"], abs=1e-12)
     r = recblr("evaluate", str(out), "--split", "valid", "--mode", "window", "--data", str(small_inter))
     assert r.returncode == 0 and set(json.loads(r.stdout)) >= {"window"}
+    assert "stream_minus_window" not in json.loads(r.stdout)
+
+
+def test_train_sampled_with_sparse_embeddings(small_inter: Path, tmp_path: Path):
+    r = recblr("train", "--data", str(small_inter), "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--max-len", "8",
+               "--batch-size", "64", "--dim", "8", "--loss", "sampled", "--negatives", "16", "--sparse-embeddings")
+    assert r.returncode == 0, r.stderr
+    r = recblr("train", "--data", str(small_inter), "--out", str(tmp_path / "m2.pt"), "--epochs", "1",
+               "--sparse-embeddings")
+    assert r.returncode == 2 and "sparse" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -60,3 +60,16 @@ def test_low_recall_refuses_before_writing(make_model, tmp_path):
         export_retrieval(model, [str(i) for i in range(3001)], out, top_k=10, opset=18, m=4,
                          ef_construction=10, ef_search=10, verify=verify)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli_defaults_are_the_index_builders():
+    """The CLI stays torch-free to import, so it spells the build defaults itself: keep them one."""
+    import inspect
+
+    from recblr.export import ann
+    from recblr.export.cli import export
+
+    params = inspect.signature(export).parameters
+    assert params["ann_m"].default == ann.DEFAULT_M
+    assert params["ann_ef_construction"].default == ann.DEFAULT_EF_CONSTRUCTION
+    assert params["ann_ef"].default == ann.DEFAULT_EF_SEARCH
