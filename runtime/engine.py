@@ -531,9 +531,11 @@ class Engine:
         state = _stack_rows([sl.st.state for _, _, sl in rows])
         keep = self.keep_history
         # each user's recent items after this event, trimmed to `keep` with one copy
-        recents = [
-            (sl.st.recent[1 - keep :] if keep > 1 else []) + [events[i].item] for i, _, sl in rows
-        ]
+        recents = []
+        for i, _, sl in rows:
+            r = sl.st.recent[1 - keep :] if keep > 1 else []
+            r.append(events[i].item)
+            recents.append(r)
         ns, ti, ts = self._run(item, state, self._exclude_rows(recents))
         # NaN/inf would be stored (poisoning the user for good) and answered as null. A row's
         # float64 sum is finite exactly when all of its float32 values are.
