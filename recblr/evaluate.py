@@ -157,18 +157,9 @@ def evaluate_ranks(
             for mode in modes}
 
 
-def evaluate(
-    model: RecBLR,
-    data: SequenceData,
-    split: str = "test",
-    modes: tuple[str, ...] = MODES,
-    max_len: int = 200,
-    batch_size: int = 4096,
-    progress=None,
-) -> dict[str, dict[str, float]]:
-    """{mode: {metric@k: value}} on the `valid` or `test` split."""
-    ranks = evaluate_ranks(model, data, split, modes, max_len, batch_size, progress)
-    return {mode: metrics_from_ranks(r) for mode, r in ranks.items()}
+def evaluate(model: RecBLR, data: SequenceData, *args, **kwargs) -> dict[str, dict[str, float]]:
+    """{mode: {metric@k: value}} on the `valid` or `test` split (arguments as `evaluate_ranks`)."""
+    return {mode: metrics_from_ranks(r) for mode, r in evaluate_ranks(model, data, *args, **kwargs).items()}
 
 
 def stream_minus_window(ranks: dict[str, np.ndarray], k: int = 10) -> dict[str, float]:

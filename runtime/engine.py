@@ -442,6 +442,7 @@ class Engine:
         k = self.check_k(k)
         results: list[Recs | Exception | None] = [None] * len(events)
         pending = list(range(len(events)))
+        why = "another writer kept changing the record while this event was applied; nothing was applied"
         with self._lock:
             for attempt in range(self.COMMIT_ATTEMPTS):
                 try:
@@ -450,24 +451,15 @@ class Engine:
                     if attempt == 0:
                         raise  # nothing of these events is stored: the caller answers the error
                     # an earlier attempt committed its other users: only the re-stepped ones failed
-                    for i in pending:
-                        results[i] = Conflict(
-                            f"user {events[i].user!r}: not applied ({type(e).__name__}: {e}) while "
-                            "re-applying after a concurrent write; retry it"
-                        )
-                    self.stats.events_failed += len(pending)
-                    return results  # type: ignore[return-value]
-                if not lost:
+                    why = f"not applied ({type(e).__name__}: {e}) while re-applying after a concurrent write"
                     break
+                if not lost:
+                    return results  # type: ignore[return-value]
                 self.stats.commit_conflicts += len(lost)
                 pending = [i for i in pending if events[i].user in lost]
-            else:
-                for i in pending:
-                    results[i] = Conflict(
-                        f"user {events[i].user!r}: another writer kept changing the record "
-                        "while this event was applied; nothing was applied, retry it"
-                    )
-                self.stats.events_failed += len(pending)
+            for i in pending:
+                results[i] = Conflict(f"user {events[i].user!r}: {why}; retry it")
+            self.stats.events_failed += len(pending)
         return results  # type: ignore[return-value]
 
     def _apply_once(self, events, idxs: list[int], k: int, results: list) -> set[str]:

@@ -88,17 +88,23 @@ def closure(roots: list[str], path: list[str]) -> tuple[dict[str, tuple[str, int
     return sizes, missing
 
 
-def serving_venv(work: Path) -> Path:
-    """A fresh venv holding the recblr wheel built from this checkout, installed with no extras."""
+def build_wheel(work: Path, timeout: float | None = None) -> Path:
+    """The recblr wheel of this checkout, built in `work` (also used by tests/test_install.py)."""
     src = work / "src"  # build from a copy: the build leaves build/ and *.egg-info behind
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     for name in ("recblr", "kernels", "export", "runtime"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "-q", "--no-deps",
+                    "-w", str(work / "dist"), str(src)], check=True, timeout=timeout)
+    return next((work / "dist").glob("recblr-*.whl"))
+
+
+def serving_venv(work: Path) -> Path:
+    """A fresh venv holding the recblr wheel built from this checkout, installed with no extras."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(src)], check=True)
-    wheel = next((work / "dist").glob("recblr-*.whl"))
+    wheel = build_wheel(work)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", "-q", str(wheel)], check=True)

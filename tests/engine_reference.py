@@ -37,6 +37,15 @@ def recblr_score(cell: Path, hist, tmp_path: Path, *args: str) -> dict[str, dict
     return {r["user"]: r for r in rows}
 
 
+K = 5  # the top-K every engine test asks for
+
+
+def reference(cell: Path, seed: int, tmp_path: Path, *args: str) -> tuple[list, dict[str, dict]]:
+    """(histories, what `recblr score` answers for them): an engine test's input and oracle."""
+    hist = histories(seed)
+    return hist, recblr_score(cell, hist, tmp_path, "--k", str(K), "--unknown-items", "skip", *args)
+
+
 def assert_same_answers(got: dict[str, tuple[list, list]], want: dict[str, dict]) -> None:
     """user -> (items, scores) from an engine equals the command line's, user by user."""
     assert sorted(got) == sorted(want)

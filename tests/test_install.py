@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,18 +37,13 @@ def serving_env(tmp_path_factory) -> tuple[Path, Path]:
             pytest.fail(f"package registry {INDEX} unreachable under CI=true; the serving install cannot be tested")
         # a laptop offline: the wheel's dependencies (onnxruntime, uvicorn...) cannot be installed
         pytest.skip(f"package registry {INDEX} unreachable (offline local run)")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from install_size import build_wheel
+
     work = tmp_path_factory.mktemp("install")
-    src = work / "src"  # build from a copy: the build leaves build/ and *.egg-info behind
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    for name in ("recblr", "kernels", "export", "runtime"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(src)],
-                   check=True, env=env, timeout=120)
-    wheel = next((work / "dist").glob("recblr-*.whl"))
+    wheel = build_wheel(work, timeout=120)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     install = subprocess.Popen([*pip, "--python", str(venv / "bin" / "python"), "install", "-q", str(wheel)],

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import pytest
-from engine_reference import assert_same_answers, histories, recblr_score
+from engine_reference import K, assert_same_answers, reference
 
 pytest.importorskip("dask.dataframe", reason="the dask extra is not installed")
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
 from recblr.runtime import frames  # noqa: E402
-
-K = 5
 
 
 @pytest.fixture(scope="session")
@@ -40,10 +38,7 @@ def test_map_partitions_matches_recblr_score_and_opens_the_cell_once_per_worker(
     import pandas as pd
     import pyarrow as pa
 
-    hist = histories(seed=1)
-    want = recblr_score(
-        cell, hist, tmp_path, "--k", str(K), "--unknown-items", "skip", "--exclude-seen", "3"
-    )
+    hist, want = reference(cell, 1, tmp_path, "--exclude-seen", "3")
 
     # the cell reaches the workers as a path every worker can read (here: the same disk)
     # a list<string> column: Dask keeps it as is (a column of Python lists it would cast to str)

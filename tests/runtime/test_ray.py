@@ -7,13 +7,11 @@ import os
 import uuid
 
 import pytest
-from engine_reference import assert_same_answers, histories, recblr_score
+from engine_reference import K, assert_same_answers, reference
 
 pytest.importorskip("ray.data", reason="ray[data] is not installed")
 
 from recblr.runtime import frames  # noqa: E402
-
-K = 5
 
 pytestmark = [  # Ray Data's own deprecation notices (its config, pandas 3), nothing of ours
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray"),
@@ -36,8 +34,7 @@ def test_map_batches_matches_recblr_score_and_opens_the_cell_once_per_worker(
 ):
     import pandas as pd
 
-    hist = histories(seed=2)
-    want = recblr_score(cell, hist, tmp_path, "--k", str(K), "--unknown-items", "skip")
+    hist, want = reference(cell, 2, tmp_path)
 
     def score_and_report(batch):  # each output batch says which process scored it
         out = frames.score_frame(batch, str(cell), k=K, unknown_items="skip")

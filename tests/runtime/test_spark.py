@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from engine_reference import assert_same_answers, histories, local_spark, recblr_score
+from engine_reference import K, assert_same_answers, local_spark, reference
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed")
 pytest.importorskip("pyarrow", reason="Spark's mapInPandas needs pyarrow")
@@ -26,7 +26,6 @@ pytestmark = [  # pyspark 4.3 on pandas 3: its own deprecation notices, nothing 
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
 
-K = 5
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +47,7 @@ def spark():
 def test_map_in_pandas_matches_recblr_score_and_opens_the_cell_once_per_worker(
     spark, cell, tmp_path
 ):
-    hist = histories(seed=0)
-    want = recblr_score(cell, hist, tmp_path, "--k", str(K), "--unknown-items", "skip")
+    hist, want = reference(cell, 0, tmp_path)
 
     # ship the cell with addFile under a name of its own; workers open their local copy
     shipped = tmp_path / "ship" / "model-cell.onnx"
