@@ -101,9 +101,6 @@ def _pack_recent(ids: list[str]) -> bytes:
     if joined.isascii() and joined.count("a") == len(ids) - 1:
         if not joined.encode().translate(None, _NOT_DIGITS):  # digits and separators only
             return _DIGITS + bytes.fromhex(joined + "f" if len(joined) % 2 else joined)
-    joined = "\0".join(ids)
-    if joined.count("\0") == len(ids) - 1:  # NUL only between ids: one encode, one replace
-        return _TEXT + _text(joined).replace(b"\0", _SEP)
     return _TEXT + _SEP.join([_text(x) for x in ids])
 
 
@@ -120,8 +117,6 @@ def _unpack_recent(block: bytes) -> list[str]:
         return digits.split("a")
     if tag != _TEXT:
         raise ValueError("corrupt recent items in a recblr user record")
-    if b"\0" not in body:
-        return body.replace(_SEP, b"\0").decode("utf-8", "surrogatepass").split("\0")
     return [x.decode("utf-8", "surrogatepass") for x in body.split(_SEP)]
 
 
