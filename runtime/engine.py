@@ -9,8 +9,8 @@ the store. A user whose compare failed (another process wrote the record meanwhi
 re-read and their events re-stepped, a few times, then answered with a `Conflict` (503).
 
 A record made by another cell is rebuilt for this one by replaying its stored recent items
-(`migrate`), unless the store orders cells (a shared Valkey/Redis store: `register_cell`,
-`cell_generations`) and the record's cell is newer than this one: while replicas are reloaded
+(`migrate`), unless the store's cell order (`register_cell`, `cell_generations`: kept by a
+shared Valkey/Redis store) says the record's cell is newer than this one: while replicas are reloaded
 one at a time, an old replica answers such a user `NewerCell` (503) instead of migrating it
 back, so no user ping-pongs between two cells.
 """
@@ -254,10 +254,8 @@ class Engine:
     def _register(self, newest: bool, info: CellInfo | None = None) -> None:
         """Give the cell its place in the store's cell order (stores shared by replicas keep
         one): at start only if it has none, on a swap as the newest."""
-        register = getattr(self.store, "register_cell", None)
-        if register is not None:
-            info = info or self.info
-            register(info.state_key, info.short_hash, newest)
+        info = info or self.info
+        self.store.register_cell(info.state_key, info.short_hash, newest)
 
     # ----------------------------------------------------------------- metadata
     top_k = property(lambda self: self.info.top_k, doc="The cell's K (most items per answer).")
@@ -353,11 +351,8 @@ class Engine:
         """The stale users whose record this cell may replace: on a store that orders cells,
         a record of a newer cell fails its user with NewerCell instead (one round trip for
         the batch). A cell the store has no generation for counts as older."""
-        gens_of = getattr(self.store, "cell_generations", None)
-        if gens_of is None:
-            return stale
         key = self._state_key
-        gens = gens_of([key, *{got[u].cell for u in stale}])
+        gens = self.store.cell_generations([key, *{got[u].cell for u in stale}])
         mine = gens.get(key, (0, ""))[0]
         older = []
         for u in stale:

@@ -11,7 +11,9 @@ Every store implements `StateStore`:
   atomically, the record is written iff the stored revision equals `expected_rev` (None: the
   user must be absent); the stored record gets `rev = expected_rev + 1` (or 1). Nothing is
   written for a user whose compare failed; everything else is durable when it returns.
-- `delete`, `count`, `scan` (a cursor walk over user ids for background sweeps), `flush`, `close`.
+- `delete`, `count`, `scan` (a cursor walk over user ids for background sweeps), `flush`, `close`;
+- `register_cell` / `cell_generations`: the order of cells on a store replicas share (a no-op
+  where one process writes).
 
 Backends: `MemoryStore` (bounded LRU, tests and caches), `SQLiteStore` (one file, WAL; one
 process at a time, enforced by an advisory lock), and `recblr.runtime.redis_store.RedisStore`
@@ -65,8 +67,21 @@ class StateStore(Protocol):
     def delete(self, user: str) -> bool: ...
     def count(self) -> int: ...
     def scan(self, cursor: int | str, count: int) -> tuple[int | str, list[str]]: ...
+    def register_cell(self, key: str, name: str, newest: bool) -> int: ...
+    def cell_generations(self, keys: list[str]) -> dict[str, tuple[int, str]]: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
+
+
+class _OneProcessCells:
+    """Cell order for stores only one process writes: there is no other replica whose cell
+    could be newer, so no cell has a generation (every record's cell counts as older)."""
+
+    def register_cell(self, key: str, name: str, newest: bool) -> int:
+        return 0
+
+    def cell_generations(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        return {}
 
 
 # ----------------------------------------------------------------- the record's bytes
@@ -192,7 +207,7 @@ def _after(cursor: int | str, keys, count: int) -> tuple[int | str, list[str]]:
     return (ks[-1] if len(ks) == max(1, count) else 0), ks
 
 
-class MemoryStore:
+class MemoryStore(_OneProcessCells):
     """Bounded LRU: holds at most `capacity` users; the least recently used is dropped."""
 
     kind = "memory"
@@ -293,7 +308,7 @@ def _migrate_v0(db: sqlite3.Connection) -> int:
     return len(rows)
 
 
-class SQLiteStore:
+class SQLiteStore(_OneProcessCells):
     """Durable store in one SQLite file (WAL). One writer connection, guarded by a lock.
 
     One process at a time: the file is locked (`flock` on `PATH.lock`) while the store is open,
